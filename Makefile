@@ -1,0 +1,41 @@
+# MedAug Studio. `make run` serves the app on the phantom data; `make test` runs every test.
+# Both create .venv and install what is missing (re-installing when a requirements file changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PORT   ?= 8501
+
+.PHONY: run test install install-test browser bench clean-workspace
+
+$(VENV)/.runtime: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-test.txt
+	@touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+# Headless Chromium for the browser tests (Debian package; never `playwright install`).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "warning: /usr/bin/chromium is missing; browser tests will be skipped (sudo apt-get install chromium)"; fi
+
+run: install
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+test: install-test browser
+	$(PY) -m pytest
+
+bench: install-test browser
+	$(PY) bench/phantom.py
+	$(PY) bench/startup.py
+
+clean-workspace:
+	rm -rf workspace
