@@ -1,0 +1,111 @@
+"""The manifest: one table per dataset, one row per image.
+
+Columns (in memory):
+    image_id  str         unique within the dataset
+    path      str         file path relative to the dataset folder (posix)
+    split     str         "train" | "val" | "test"
+    label     str         the image's class for single-label work ("No finding" for normals)
+    labels    list[str]   every label of the image (multi-label work)
+    boxes     list[dict]  {"label", "xmin", "ymin", "xmax", "ymax"} in pixels of the stored file
+    study_id  str         study (patient visit); splits never cut a study
+    source    str         "phantom", "real", "classic:<op>" or "gan:<run id>"
+    width     int         stored file width in pixels
+    height    int         stored file height in pixels
+    sha256    str         hash of the stored file's bytes
+
+On disk it is Parquet, with ``labels`` and ``boxes`` as JSON text so any tool can read it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ("image_id", "path", "split", "label", "labels", "boxes", "study_id", "source",
+           "width", "height", "sha256")
+SPLITS = ("train", "val", "test")
+_JSON_COLUMNS = ("labels", "boxes")
+_BOX_KEYS = ("label", "xmin", "ymin", "xmax", "ymax")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing columns or holds invalid rows; the message says which and what to do."""
+
+
+def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
+    """Check the columns and the rows that every later stage relies on; return ``df``."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; "
+                            f"a manifest needs {', '.join(COLUMNS)}.")
+    dup = df["image_id"][df["image_id"].duplicated()].unique()[:5]
+    if len(dup):
+        raise ManifestError(f"{where}: duplicate image_id values {list(dup)}; every image needs its own id.")
+    bad_split = sorted(set(df["split"]) - set(SPLITS))
+    if bad_split:
+        raise ManifestError(f"{where}: unknown split value(s) {bad_split}; use {', '.join(SPLITS)}.")
+    empty = df["image_id"][df["label"].astype(str).str.strip() == ""].tolist()[:5]
+    if empty:
+        raise ManifestError(f"{where}: rows {empty} have an empty label; label them or drop them.")
+    for image_id, boxes in zip(df["image_id"], df["boxes"]):
+        for box in boxes:
+            if set(_BOX_KEYS) - set(box):
+                raise ManifestError(f"{where}: image {image_id} has a box without {', '.join(_BOX_KEYS)}.")
+            if not (box["xmax"] > box["xmin"] and box["ymax"] > box["ymin"]):
+                raise ManifestError(f"{where}: image {image_id} has a degenerate box {box}; fix or drop it.")
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    """Write atomically (temp file + rename) as Parquet."""
+    path = Path(path)
+    validate_manifest(df, str(path))
+    out = df[list(COLUMNS)].copy()
+    for col in _JSON_COLUMNS:
+        out[col] = [json.dumps(v) for v in out[col]]
+    tmp = path.with_name(path.name + ".tmp")
+    out.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    try:
+        df = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest here; rebuild the dataset folder.") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ManifestError(f"{path}: cannot be read as Parquet ({e}); rebuild the dataset folder.") from e
+    for col in _JSON_COLUMNS:
+        if col in df.columns:
+            try:
+                df[col] = [json.loads(v) if isinstance(v, str) else list(v) for v in df[col]]
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}: column '{col}' holds invalid JSON ({e}).") from e
+    for col in ("image_id", "path", "split", "label", "study_id", "source", "sha256"):
+        if col in df.columns:
+            df[col] = df[col].astype(str)
+    return validate_manifest(df, str(path))
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A hash of everything that defines the dataset: ids, labels, boxes, splits, studies,
+    sources and the file hashes. Row order does not matter."""
+    keys = ("image_id", "split", "label", "labels", "boxes", "study_id", "source", "sha256")
+    rows = sorted(json.dumps([r[k] for k in keys], sort_keys=True) for r in df[list(keys)].to_dict("records"))
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(row.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
