@@ -1,0 +1,39 @@
+"""Plotly figures for the pages and for MLflow artifacts. Pages only place them.
+
+plotly is imported inside each function so importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+# Okabe-Ito-like, colour-blind-safe; class i gets colour i (the same in charts and box overlays)
+PALETTE = ("#7f7f7f", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+           "#332288", "#88CCEE", "#44AA99", "#AA4499")
+SPLIT_COLORS = {"train": "#0072B2", "val": "#E69F00", "test": "#009E73"}
+
+
+def class_color(label: str, classes: list[str]) -> str:
+    i = classes.index(label) if label in classes else len(classes)
+    return PALETTE[i % len(PALETTE)]
+
+
+def class_balance_figure(split_table: pd.DataFrame, title: str = "Images per class"):
+    """Horizontal stacked bars: images per class (rows of ``split_table``) by split (columns),
+    largest class on top, with the imbalance ratio in the title."""
+    import plotly.graph_objects as go
+
+    totals = split_table.sum(axis=1)
+    order = totals.sort_values().index.tolist()  # plotly draws the first category at the bottom
+    present = totals[totals > 0]
+    ratio = present.max() / present.min() if len(present) else float("nan")
+    fig = go.Figure()
+    for split in split_table.columns:
+        fig.add_bar(y=order, x=split_table.loc[order, split], name=split, orientation="h",
+                    marker_color=SPLIT_COLORS.get(split), hovertemplate="%{y}: %{x} " + split + "<extra></extra>")
+    fig.add_scatter(y=order, x=totals[order], mode="text", text=[f"  {int(v)}" for v in totals[order]],
+                    textposition="middle right", showlegend=False, hoverinfo="skip")
+    fig.update_layout(barmode="stack", title=f"{title} — imbalance ratio {ratio:.1f}:1",
+                      xaxis_title="images", yaxis_title=None, legend=dict(title="split", traceorder="normal"),
+                      height=120 + 34 * len(order), margin=dict(l=10, r=40, t=60, b=40),
+                      xaxis=dict(range=[0, float(totals.max()) * 1.15 if len(totals) else 1]))
+    return fig
