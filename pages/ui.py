@@ -1,0 +1,91 @@
+"""Streamlit helpers shared by the pages: page set-up, the sidebar, the active dataset.
+
+Heavy modules (torch, mlflow) are never imported here; pages import them when needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.data.datasets import (DEFAULT_PHANTOM, Dataset, active_dataset_dir, default_dataset_dir,
+                                build_phantom_dataset, load_dataset)
+
+# The workflow the product walks through; a step links to its page once the page exists.
+WORKFLOW = (
+    ("Data", "Load the phantom, VinDr-SpineXR or your own folders; see class balance.", "pages/dataset.py"),
+    ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", None),
+    ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", None),
+    ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", None),
+    ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),
+    ("Compare", "Compare runs side by side and export reports from MLflow.", None),
+)
+
+
+def setup(title: str) -> Dataset:
+    """Page preamble: wide layout, the sidebar, and the active dataset (built on first use)."""
+    st.set_page_config(page_title=f"{title} · MedAug Studio", page_icon=":material/radiology:", layout="wide")
+    ds = active_dataset()
+    sidebar(ds)
+    return ds
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _load(root: str, stamp: float) -> Dataset:  # stamp: dataset.json mtime, so a rebuilt folder reloads
+    return load_dataset(root)
+
+
+def active_dataset() -> Dataset:
+    """The dataset in ``st.session_state['dataset_dir']``, else ``MEDAUG_DATASET``, else the
+    default phantom, which the first start renders here with a progress bar."""
+    root = Path(st.session_state.get("dataset_dir") or active_dataset_dir())
+    meta = root / "dataset.json"
+    if not meta.is_file() and root == default_dataset_dir():
+        n, size = DEFAULT_PHANTOM["n"], DEFAULT_PHANTOM["size"]
+        st.info(f"First start: rendering the built-in **synthetic phantom** dataset ({n} spine "
+                f"radiographs at {size} px). This happens once and takes well under a minute.")
+        bar = st.progress(0.0, text="Starting workers…")
+        build_phantom_dataset(root, **DEFAULT_PHANTOM, overwrite=root.exists(),
+                              on_progress=lambda d, t, m: bar.progress(d / t, text=f"{m} · {d}/{t}"))
+        bar.empty()
+    if not meta.is_file():
+        st.error(f"No dataset at `{root}`. Create one with `python -m core phantom --out {root}`, "
+                 "or unset MEDAUG_DATASET to use the built-in phantom.")
+        st.stop()
+    return _load(str(root), meta.stat().st_mtime)
+
+
+def synthetic_badge(ds: Dataset, short: bool = False) -> None:
+    """The badge that marks synthetic data wherever it is shown."""
+    if ds.synthetic:
+        text = "Synthetic phantom" if ds.meta.get("kind") == "phantom" else "Synthetic data"
+        st.badge(text if short else f"{text} — not patient data", icon=":material/science:", color="violet")
+
+
+def sidebar(ds: Dataset) -> None:
+    from core.tracking import tracking_uri
+
+    with st.sidebar:
+        st.caption("Active dataset")
+        st.markdown(f"**{ds.name}**  \n`{ds.id}` · {len(ds.manifest):,} images · {len(ds.classes)} classes")
+        synthetic_badge(ds, short=True)
+        st.caption("Tracking store")
+        st.code(tracking_uri(), language=None, wrap_lines=True)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_cache(_ds: Dataset, content_hash: str, size: int):
+    from core.data.cache import pixel_cache
+
+    return pixel_cache(_ds, size)
+
+
+def cached_pixels(ds: Dataset, size: int = 256):
+    """The dataset's pixel cache at ``size``; builds it with a progress bar the first time."""
+    from core.data.cache import cache_dir, pixel_cache
+
+    if not (cache_dir(ds) / f"pixels_{size}.npy").is_file():
+        bar = st.progress(0.0, text=f"Caching {ds.name} at {size} px…")
+        pixel_cache(ds, size, on_progress=lambda d, t, m: bar.progress(d / t, text=f"{m} · {d}/{t}"))
+        bar.empty()
+    return _open_cache(ds, ds.content_hash, size)

@@ -1,0 +1,66 @@
+"""AppTest for every page: it renders without exceptions and its widgets do their job."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def app(small_phantom, monkeypatch):
+    monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at) -> str:
+    return " ".join(str(e.value) for e in [*at.markdown, *at.caption, *at.title, *at.subheader])
+
+
+def test_home_shows_purpose_workflow_and_dataset(app, small_phantom):
+    page = texts(app)
+    assert "MedAug Studio" in page
+    for step in ("Data", "Augment", "GAN", "Quality", "Classify", "Compare"):
+        assert f". {step}**" in page
+    assert small_phantom.id in page
+    assert len(app.get("plotly_chart")) == 1
+    # the sidebar shows the dataset and the tracking store
+    sidebar = " ".join(str(e.value) for e in [*app.sidebar.markdown, *app.sidebar.code])
+    assert small_phantom.name in sidebar and "sqlite:///" in sidebar
+    assert "Synthetic phantom" in sidebar, "the synthetic badge is missing from the sidebar"
+
+
+def test_dataset_page_chart_grid_filter_and_boxes(app, small_phantom):
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Dataset"
+    assert len(app.get("plotly_chart")) == 1
+    assert app.metric[0].value == f"{len(small_phantom.manifest):,}"
+    n_default = len(app.get("image"))
+    assert n_default > 0
+    # filter to one class: only its images remain
+    app.multiselect(key="grid_classes").set_value(["Surgical implant"]).run()
+    assert not app.exception
+    n_one = len(app.get("image"))
+    assert 0 < n_one < n_default
+    assert any("Surgical implant" in str(m.value) for m in app.markdown)
+    app.slider(key="grid_n").set_value(2).run()
+    assert len(app.get("image")) == 2
+    app.toggle(key="grid_boxes").set_value(False).run()
+    assert not app.exception
+
+
+def test_dataset_view_button_opens_the_record(app, small_phantom):
+    app.switch_page("pages/dataset.py").run()
+    app.multiselect(key="grid_classes").set_value(["Vertebral collapse"]).run()
+    view = [b for b in app.button if str(b.key).startswith("view_")][0]
+    image_id = view.key.removeprefix("view_")
+    view.click().run()
+    assert not app.exception, app.exception
+    shown = " ".join(str(t.value.to_dict()) for t in app.table)
+    assert image_id in shown and "Vertebral collapse" in texts(app)

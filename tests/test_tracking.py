@@ -1,0 +1,77 @@
+"""core.tracking: store location, params once, metrics with steps, tags, run status."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from core import tracking
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+
+
+@dataclass(frozen=True)
+class Config:
+    variant: str = "dcgan"
+    epochs: int = 3
+    opt: Inner = field(default_factory=Inner)
+
+
+def test_flatten_nested_dataclass():
+    assert tracking.flatten(Config()) == {"variant": "dcgan", "epochs": "3", "opt.lr": "0.0002",
+                                          "opt.betas": "[0.5, 0.999]"}
+    with pytest.raises(TypeError):
+        tracking.flatten(42)
+
+
+def test_default_store_is_in_the_workspace(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("MEDAUG_HOME", str(tmp_path / "ws"))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
+    assert tracking.artifact_root() == (tmp_path / "ws" / "mlartifacts").as_uri()
+    assert "mlflow server --backend-store-uri sqlite:///" in tracking.mlflow_ui_command()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999" and tracking.artifact_root() is None
+
+
+def test_run_logs_params_once_metrics_with_steps_and_tags(small_phantom):
+    with tracking.start_run("test-kind", Config(), dataset=small_phantom, run_name="t1") as run:
+        for step in range(5):
+            run.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 10}, step=step)
+        run.on_step(5, {"loss": 0.1})
+    c = tracking.client()
+    r = c.get_run(run.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params == tracking.flatten(Config())
+    assert r.data.tags[tracking.TAG_KIND] == "test-kind"
+    assert r.data.tags[tracking.TAG_DATASET_HASH] == small_phantom.content_hash
+    assert r.data.tags[tracking.TAG_DATASET_ID] == small_phantom.id
+    assert r.data.tags[tracking.TAG_CODE_VERSION]
+    history = c.get_metric_history(run.run_id, "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3, 4, 5]
+    assert sorted(history, key=lambda m: m.step)[2].value == pytest.approx(1 / 3)
+    # params are immutable in MLflow: logging a changed value again must fail loudly
+    from mlflow.exceptions import MlflowException
+    with pytest.raises(MlflowException):
+        c.log_param(run.run_id, "epochs", "4")
+
+
+def test_failed_body_marks_run_failed_and_keeps_metrics():
+    with pytest.raises(RuntimeError):
+        with tracking.start_run("test-kind", {"a": 1}) as run:
+            run.log_metrics({"loss": 3.0}, step=7)  # still buffered when the error comes
+            raise RuntimeError("diverged")
+    c = tracking.client()
+    assert c.get_run(run.run_id).info.status == "FAILED"
+    assert [m.step for m in c.get_metric_history(run.run_id, "loss")] == [7]
+
+
+def test_parent_child_runs():
+    with tracking.start_run("study", {"cells": 2}) as parent:
+        with tracking.start_run("cell", {"i": 0}, parent_run_id=parent.run_id) as child:
+            pass
+    assert tracking.client().get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
