@@ -37,3 +37,20 @@ def class_balance_figure(split_table: pd.DataFrame, title: str = "Images per cla
                       height=120 + 34 * len(order), margin=dict(l=10, r=40, t=60, b=40),
                       xaxis=dict(range=[0, float(totals.max()) * 1.15 if len(totals) else 1]))
     return fig
+
+
+def balance_plan_figure(plan: pd.DataFrame):
+    """Before/after bars of a balancing plan: real images, plus the synthetic ones on top."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_bar(x=plan["class"], y=plan["real"], name="real (train)", marker_color=SPLIT_COLORS["train"])
+    fig.add_bar(x=plan["class"], y=plan["synthetic"], name="synthetic to add", marker_color="#CC79A7",
+                marker_pattern_shape="/")
+    target = plan.attrs.get("target")
+    if target:
+        fig.add_hline(y=target, line_dash="dot", line_color="#555", annotation_text=f"target {target}")
+    fig.update_layout(barmode="stack", title="Training images per class: before and after balancing",
+                      yaxis_title="images", legend=dict(orientation="h", y=1.1), height=380,
+                      margin=dict(l=10, r=10, t=70, b=10))
+    return fig
