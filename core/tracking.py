@@ -198,3 +198,29 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
             run.flush()
         finally:
             c.set_terminated(run.run_id, status=status)
+
+
+# --- reading runs back (pages, reports) ----------------------------------------------------
+
+def metric_history(run_id: str, keys: list[str] | None = None):
+    """Long table (key, step, value, timestamp) of a run's metrics, all keys by default."""
+    import pandas as pd
+
+    c = client()
+    keys = keys if keys is not None else sorted(c.get_run(run_id).data.metrics)
+    rows = [{"key": k, "step": m.step, "value": m.value, "timestamp": m.timestamp}
+            for k in keys for m in c.get_metric_history(run_id, k)]
+    return pd.DataFrame(rows, columns=["key", "step", "value", "timestamp"]).sort_values(["key", "step"])
+
+
+def list_artifacts(run_id: str, folder: str = "") -> list[str]:
+    """Artifact paths (files) directly inside ``folder`` of a run."""
+    return sorted(f.path for f in client().list_artifacts(run_id, folder or None) if not f.is_dir)
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    """A local copy of one artifact (for local stores this is a plain file copy)."""
+    import tempfile
+
+    dst = Path(dst or tempfile.mkdtemp(prefix="medaug-art-"))
+    return Path(client().download_artifacts(run_id, path, str(dst)))

@@ -75,3 +75,21 @@ def test_parent_child_runs():
         with tracking.start_run("cell", {"i": 0}, parent_run_id=parent.run_id) as child:
             pass
     assert tracking.client().get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_reading_metrics_and_artifacts_back(tmp_path):
+    from PIL import Image
+
+    with tracking.start_run("test-kind", {"a": 1}) as run:
+        for step in range(3):
+            run.log_metrics({"d_loss": step * 1.5, "g_loss": -step}, step=step)
+        for epoch in (1, 2):
+            img = tmp_path / f"epoch_{epoch:04d}.png"
+            Image.new("L", (8, 8), color=epoch * 40).save(img)
+            run.log_artifact(img, "samples")
+    hist = tracking.metric_history(run.run_id)
+    assert sorted(set(hist["key"])) == ["d_loss", "g_loss"]
+    assert hist[hist["key"] == "d_loss"]["value"].tolist() == [0.0, 1.5, 3.0]
+    assert tracking.list_artifacts(run.run_id, "samples") == ["samples/epoch_0001.png", "samples/epoch_0002.png"]
+    local = tracking.download_artifact(run.run_id, "samples/epoch_0002.png", tmp_path / "dl")
+    assert Image.open(local).getpixel((0, 0)) == 80
