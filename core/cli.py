@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = (
     "core.data.commands",
     "core.jobs",
+    "core.augment.commands",
 )
 
 
