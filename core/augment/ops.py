@@ -529,7 +529,7 @@ def _elastic_apply(image, a):
     dx, dy = elastic_field(a, image.shape)
     h, w = image.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return ndimage.map_coordinates(image, [yy + dy, xx + dx], order=1, mode="constant", cval=0)
+    return ndimage.map_coordinates(image, [yy + dy, xx + dx], order=1, mode="grid-constant", cval=0)
 
 
 # intensity ------------------------------------------------------------------------------
