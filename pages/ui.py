@@ -14,7 +14,7 @@ from core.data.datasets import (DEFAULT_PHANTOM, Dataset, active_dataset_dir, de
 # The workflow the product walks through; a step links to its page once the page exists.
 WORKFLOW = (
     ("Data", "Load the phantom, VinDr-SpineXR or your own folders; see class balance.", "pages/dataset.py"),
-    ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", None),
+    ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", "pages/augment.py"),
     ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", None),
     ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", None),
     ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),

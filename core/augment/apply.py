@@ -75,25 +75,28 @@ class AugmentResult:
     seconds: float = 0.0
 
 
-def read_native(path: Path) -> np.ndarray:
-    """An image file as a 2-D uint8 or uint16 array (16-bit files stay 16-bit)."""
+def read_native(source) -> np.ndarray:
+    """An image file (path or file object) as a 2-D uint8 or uint16 array; 16-bit stays 16-bit."""
     from PIL import Image, UnidentifiedImageError
 
+    name = getattr(source, "name", source)
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             if im.mode.startswith("I;16"):
                 return np.asarray(im).astype(np.uint16)
             if im.mode in ("I", "F"):
                 arr = np.asarray(im)
                 if arr.min() < 0 or arr.max() > 65535:
-                    raise ImageReadError(f"{path}: pixel values outside 0..65535; save it as 8 or 16 bit.")
+                    raise ImageReadError(f"{name}: pixel values outside 0..65535; save it as 8 or 16 bit.")
                 return arr.astype(np.uint16)
             return np.asarray(im.convert("L"))
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found; check the path or re-create the dataset.") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: not a readable image ({e}); re-export it as PNG.") from e
+        raise ImageReadError(f"{name}: file not found; check the path or re-create the dataset.") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{name}: image is too large to open safely ({e}); downscale it first.") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageReadError(f"{name}: not a readable image ({e}); re-export it as PNG.") from e
 
 
 def plan_jobs(ds: Dataset, config: AugmentConfig) -> tuple[list[tuple[int, int]], list[str]]:

@@ -751,16 +751,19 @@ def get_op(name: str, where: str = "") -> Op:
         raise ValueError(f"{where}unknown operation {name!r}; known operations: {', '.join(OPS)}.") from None
 
 
-def describe_applied(applied: dict) -> str:
-    """A short one-line text of applied parameters (for captions under preview images)."""
-    parts = []
+def describe_applied(applied: dict, op_name: str = "") -> str:
+    """A short one-line text of applied parameters, e.g. ``rotate angle 12.5`` (captions, logs);
+    a parameter named like its operation is shown by value only (``gamma 0.8``)."""
+    parts = [op_name] if op_name else []
     for k, v in applied.items():
         if k in ("seed", "interpolation", "fill"):
             continue
+        if k == op_name:
+            k = ""
         if isinstance(v, float):
-            parts.append(f"{k} {v:.3g}")
+            parts.append(f"{k} {v:.3g}".strip())
         elif isinstance(v, list) and v and isinstance(v[0], list):
             parts.append(f"{len(v)} {k}")
         else:
-            parts.append(f"{k} {v}")
-    return ", ".join(parts)
+            parts.append(f"{k} {v}".strip())
+    return " ".join(parts)

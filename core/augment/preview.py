@@ -15,6 +15,20 @@ def preview_samples(pipeline: Pipeline, image: np.ndarray, boxes: list[dict] | N
     return [pipeline.apply(image, np.random.default_rng([seed, k]), boxes) for k in range(n)]
 
 
+def fit_working_size(image: np.ndarray, max_side: int = 512) -> np.ndarray:
+    """Downscale (area filter) so the longer side is at most ``max_side``; dtype kept."""
+    from PIL import Image
+
+    h, w = image.shape
+    if max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    size = (max(2, round(w * s)), max(2, round(h * s)))
+    if image.dtype == np.uint16:
+        return np.asarray(Image.fromarray(image.astype(np.int32)).resize(size, Image.Resampling.BOX)).astype(np.uint16)
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
 def display_uint8(image: np.ndarray) -> np.ndarray:
     """An 8-bit view of a uint8/uint16 image for display (uint16 scaled by its bit depth)."""
     from core.augment.ops import value_max
