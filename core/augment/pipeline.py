@@ -190,9 +190,10 @@ class Pipeline:
 
     def apply_batch(self, batch, rng: np.random.Generator, workers: int | None = None):
         """Augment an (N, H, W) uint8/uint16 batch: a NumPy array or a torch tensor on the CPU or
-        a GPU (returned on the same device). Returns ``(batch, plans)``; image ``i`` equals
-        ``apply(batch[i], rng.spawn(N)[i])`` on the CPU. A step that changes the image size
-        (crop) must run on every image of the batch."""
+        a GPU (returned on the same device). Returns ``(batch, plans)``; on the CPU image ``i``
+        equals ``apply(batch[i], rng.spawn(N)[i])``, except that a uint8 zoom shared by the batch
+        uses torch's multi-threaded port of Pillow's filter (at most 2 grey levels apart). A step
+        that changes the image size (crop) must run on every image of the batch."""
         n = int(batch.shape[0])
         if len(batch.shape) != 3 or n == 0:
             raise ValueError(f"batch: expected shape (N, H, W) with N >= 1, got {tuple(batch.shape)}.")
@@ -224,34 +225,38 @@ class Pipeline:
     def _run_numpy(self, batch: np.ndarray, plans, workers: int | None) -> np.ndarray:
         out = batch
         for s, op, members, applied, out_shape in self._groups(plans, batch.shape[1:]):
+            if len(members) == len(out):      # the whole batch: no gather, no scatter
+                out = run_kernel(op, out, applied, workers)
+                continue
             result = run_kernel(op, out[members], applied, workers)
-            if out_shape != out.shape[1:]:
-                out = result
-            else:
-                if out is batch:
-                    out = batch.copy()
-                out[members] = result
+            if out is batch:
+                out = batch.copy()
+            out[members] = result
         return out
 
 
 def run_kernel(op, batch: np.ndarray, applied: list[dict], workers: int | None = None) -> np.ndarray:
-    """Apply one operation to an (n, H, W) batch with per-image params: the op's batch kernel if it
-    has one, else image by image; split over threads for large batches (Pillow, SciPy and NumPy
-    release the GIL in their loops)."""
+    """Apply one operation to an (n, H, W) batch with per-image params into a new array: the op's
+    batch kernel if it has one, else image by image. Large batches are split over threads, each
+    writing its slice in place (Pillow, SciPy and NumPy release the GIL in their loops)."""
     n = len(batch)
-    workers = max(1, min(workers or os.cpu_count() or 1, 8))
+    out = np.empty((n, *op.output_shape(applied[0], batch.shape[1:])), dtype=batch.dtype)
 
-    def kernel(lo: int, hi: int) -> np.ndarray:
+    def work(lo: int, hi: int) -> None:
         if op.apply_many is not None:
-            return op.apply_many(batch[lo:hi], applied[lo:hi])
-        return np.stack([op.apply(batch[i], applied[i]) for i in range(lo, hi)])
+            op.apply_many(batch[lo:hi], applied[lo:hi], out[lo:hi])
+        else:
+            for i in range(lo, hi):
+                out[i] = op.apply(batch[i], applied[i])
 
-    if workers == 1 or n < 2 * workers:
-        return kernel(0, n)
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), 8))
+    if workers == 1 or n < 4 * workers or not op.threads:
+        work(0, n)
+        return out
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda ab: kernel(*ab), zip(bounds[:-1], bounds[1:])))
-    return np.concatenate(parts)
+        list(pool.map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))
+    return out
 
 
 def study_pipeline() -> Pipeline:

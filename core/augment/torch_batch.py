@@ -13,10 +13,11 @@ Only this module imports torch, and only when a tensor arrives.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from core.augment.ops import (_rotate_transpose, elastic_field, get_op, nearest_index_map,
-                              noise_field)
+from core.augment.ops import _rotate_transpose, elastic_field, get_op, nearest_gather_plan, noise_field
 
 
 def run_torch(pipeline, x, plans, workers=None, device_kernels: bool | None = None):
@@ -110,14 +111,21 @@ def _affine_kernel(name):
         if same and name == "rotate" and _rotate_transpose(applied[0]["angle"], shape) is not None:
             return torch.rot90(sub, _rotate_transpose(applied[0]["angle"], shape), dims=(1, 2))
         if same and interp == "nearest":  # exact: Pillow's own index map, gathered on the device
-            index = torch.as_tensor(nearest_index_map(geoms[0].inverse, shape, geoms[0].out_shape),
-                                    device=sub.device).view(-1)
-            flat = torch.cat([torch.zeros(len(sub), 1, dtype=sub.dtype, device=sub.device),
-                              sub.reshape(len(sub), -1)], 1)
-            return flat.index_select(1, index).view(len(sub), *geoms[0].out_shape)
+            index, outside = _device_plan(geoms[0].inverse, shape, geoms[0].out_shape, str(sub.device))
+            flat = sub.reshape(len(sub), -1).index_select(1, index)
+            flat[:, outside] = 0
+            return flat.view(len(sub), *geoms[0].out_shape)
         vals = _affine_grid_sample(sub, [g.inverse for g in geoms], geoms[0].out_shape, interp)
         return _finish(vals, sub, _vmax(sub, dtype))
     return kernel
+
+
+@functools.lru_cache(maxsize=32)
+def _device_plan(inverse, in_shape, out_shape, device):
+    """:func:`nearest_gather_plan` as tensors on ``device``, uploaded once per geometry."""
+    import torch
+
+    return tuple(torch.as_tensor(v, device=device) for v in nearest_gather_plan(inverse, in_shape, out_shape))
 
 
 def _crop(sub, applied, dtype):
@@ -131,12 +139,15 @@ def _zoom(sub, applied, dtype):
 
     h, w = sub.shape[1:]
     vmax = _vmax(sub, dtype)
-    outs = []
+    out = torch.empty((len(sub), h, w), dtype=torch.float32, device=sub.device)
+    groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(applied):
-        x0, y0, x1, y1 = a["box"]
-        crop = sub[i:i + 1, y0:y1, x0:x1].float().unsqueeze(1)
-        outs.append(F.interpolate(crop, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[:, 0])
-    return _finish(torch.cat(outs), sub, vmax)
+        groups.setdefault(tuple(a["box"]), []).append(i)
+    for (x0, y0, x1, y1), members in groups.items():  # one resize per distinct box
+        idx = torch.as_tensor(members, device=sub.device)
+        crop = sub.index_select(0, idx)[:, y0:y1, x0:x1].float().unsqueeze(1)
+        out[idx] = F.interpolate(crop, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[:, 0]
+    return _finish(out, sub, vmax)
 
 
 def _elastic(sub, applied, dtype):
