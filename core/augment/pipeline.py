@@ -153,6 +153,13 @@ class Pipeline:
 
     # --- sampling and applying ---------------------------------------------------------
 
+    @property
+    def deterministic(self) -> bool:
+        """True when every image gets the same steps with the same values (chain mode, all
+        probabilities 1, no random operation), whatever the generator."""
+        return self.mode == "chain" and all(
+            s.probability >= 1.0 and not get_op(s.op).is_random(s.params) for s in self.steps)
+
     def plan(self, rng: np.random.Generator, shape: tuple[int, int]) -> dict[int, dict]:
         """Draw, for one image of ``shape``, which steps run and their applied params:
         ``{step index (0-based): applied}``. Uses only ``rng`` and the shape."""
@@ -198,7 +205,10 @@ class Pipeline:
         if len(batch.shape) != 3 or n == 0:
             raise ValueError(f"batch: expected shape (N, H, W) with N >= 1, got {tuple(batch.shape)}.")
         shape = (int(batch.shape[1]), int(batch.shape[2]))
-        plans = [self.plan(child, shape) for child in rng.spawn(n)]
+        if self.deterministic:  # every image gets the same plan: draw it once
+            plans = [self.plan(rng, shape)] * n
+        else:
+            plans = [self.plan(child, shape) for child in rng.spawn(n)]
         if isinstance(batch, np.ndarray):
             check_image(batch[0], "batch")
             return self._run_numpy(batch, plans, workers), plans
@@ -214,7 +224,7 @@ class Pipeline:
                 continue
             op = get_op(step.op)
             applied = [plans[i][s] for i in members]
-            shapes = {op.output_shape(a, shape) for a in applied}
+            shapes = {op.output_shape(a, shape) for a in {id(a): a for a in applied}.values()}
             out_shape = shapes.pop()
             if shapes or (out_shape != shape and len(members) != len(plans)):
                 raise ValueError(f"step {s + 1} ({op.name}) changes the image size, so in a batch it "

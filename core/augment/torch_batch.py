@@ -32,20 +32,20 @@ def run_torch(pipeline, x, plans, workers=None, device_kernels: bool | None = No
     if dtype not in (torch.uint8, torch.uint16):
         raise ValueError(f"batch: expected a uint8 or uint16 tensor, got {dtype}.")
     out = x if dtype == torch.uint8 else x.to(torch.int32)  # few CUDA ops take uint16
-    current = x
+    owned = out is not x                                     # may we write into `out`?
     for s, op, members, applied, out_shape in pipeline._groups(plans, tuple(x.shape[1:])):
+        kernel = _KERNELS.get(op.name) or (lambda sub, a, d, op=op: _on_cpu(op, sub, a, d, workers))
+        if len(members) == len(out):  # the whole batch: no gather, no scatter
+            out, owned = kernel(out, applied, dtype).to(out.dtype), True
+            continue
         idx = torch.as_tensor(members, device=x.device)
-        sub = out.index_select(0, idx)
-        kernel = _KERNELS.get(op.name)
-        result = kernel(sub, applied, dtype) if kernel else _on_cpu(op, sub, applied, dtype, workers)
-        if tuple(out_shape) != tuple(out.shape[1:]):
-            out = result
-        else:
-            if out is current:
-                out = out.clone()
-            out[idx] = result.to(out.dtype)
-        current = out
-    return out.to(dtype) if out.dtype != dtype else (out.clone() if out is x else out)
+        result = kernel(out.index_select(0, idx), applied, dtype)
+        if not owned:
+            out, owned = out.clone(), True
+        out[idx] = result.to(out.dtype)
+    if out.dtype != dtype:
+        return out.to(dtype)
+    return out if owned else out.clone()
 
 
 def _on_cpu(op, sub, applied, dtype, workers):
