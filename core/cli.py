@@ -15,6 +15,7 @@ import sys
 # Modules must be cheap to import: heavy imports go inside the command functions.
 COMMAND_MODULES = (
     "core.data.commands",
+    "core.data.ingest_commands",
     "core.jobs",
     "core.augment.commands",
 )

@@ -1,4 +1,7 @@
-"""Dataset page: class balance, a sample grid per class with lesion boxes, image details."""
+"""Dataset page: import data (server folder or upload -> prepare), the active dataset's class
+balance and card, its load report, a sample grid per class with lesion boxes, image details."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -15,6 +18,88 @@ st.title("Dataset")
 ui.synthetic_badge(ds)
 st.caption(ds.meta.get("description", ""))
 
+
+def run_prepare(source: str, root: Path, name: str, size: int, label_mode: str, window: str) -> None:
+    """Prepare ``root`` into workspace/datasets/<name> with a progress bar, then make it active."""
+    from core.data.prepare import PrepareConfig, prepare
+    from core.workspace import workspace_dir
+
+    config = PrepareConfig(source=source, root=str(root), out=str(workspace_dir("datasets") / name), size=size,
+                           label_mode=label_mode, window=window)
+    bar = st.progress(0.0, text="Scanning the files and starting the workers…")
+    try:
+        result = prepare(config, on_progress=lambda d, t, m: bar.progress(min(1.0, d / t) if t else 1.0,
+                                                                          text=f"{d}/{t} files · {m}"))
+    except ValueError as e:
+        bar.empty()
+        st.error(str(e), icon=":material/error:")
+        return
+    bar.empty()
+    st.session_state["import_done"] = str(result.dataset.root), (
+                                       f"Prepared **{len(result.dataset.manifest):,}** images into `{name}` in "
+                                       f"{result.seconds} s ({result.prepared} decoded, {result.reused} reused, "
+                                       f"{result.skipped} skipped, {len(result.problems)} row(s) in the load report).")
+    st.session_state["dataset_dir"] = str(result.dataset.root)
+    st.rerun()
+
+
+def import_section() -> None:
+    from core.data.folders import (
+        FolderAccessError,
+        ZipRefused,
+        allowed_data_roots,
+        dataset_name,
+        detect_source,
+        resolve_server_folder,
+        save_uploads,
+    )
+
+    with st.expander("Import data: VinDr-SpineXR folder, image folder or upload",
+                     expanded=bool(st.session_state.get("import_open")), icon=":material/upload:"):
+        where = st.segmented_control("Import from", ["Server folder", "Upload"], default="Server folder",
+                                     key="import_from")
+        c1, c2, c3, c4 = st.columns(4)
+        name = c1.text_input("Dataset name", key="import_name", placeholder="e.g. vindr-256",
+                             help="Folder under workspace/datasets/; an interrupted import with the same name resumes")
+        size = c2.selectbox("Image size (px)", [128, 256, 384, 512], index=1, key="import_size")
+        label_mode = c3.selectbox("Labels", ["single", "multi", "patch"], key="import_label_mode",
+                                  help="single: one finding per image plus normals · multi: every finding · "
+                                       "patch: crops around lesion boxes")
+        window = c4.selectbox("DICOM window", ["voi", "percentile", "none"], key="import_window",
+                              help="voi: the header's window · percentile: 0.5-99.5 % · none: full stored range")
+        if where == "Upload":
+            files = st.file_uploader("Image files (PNG, JPEG, TIFF, DICOM) or one zip of <class>/<file> or a "
+                                     "VinDr layout", accept_multiple_files=True, key="import_files")
+            class_name = st.text_input("Class of the uploaded images (not needed for a zip)", key="import_class")
+        else:
+            roots = ", ".join(f"`{r}`" for r in allowed_data_roots())
+            folder = st.text_input("Folder on the server", key="import_path",
+                                   placeholder="…/vindr-spinexr or …/my-images")
+            st.caption(f"Readable data roots: {roots} (add more with `MEDAUG_DATA_ROOTS`). A VinDr-SpineXR folder "
+                       "has annotations/ and train_images/; an image folder has one sub-folder per class.")
+        if not st.button("Prepare dataset", key="import_run", type="primary", icon=":material/play_arrow:"):
+            return
+        st.session_state["import_open"] = True
+        try:
+            name = dataset_name(name or "")
+            if where == "Upload":
+                from core.workspace import workspace_dir
+
+                upload_dir = workspace_dir("uploads") / f"{name}-{pd.Timestamp.now():%Y%m%d-%H%M%S}"
+                root = save_uploads([(f.name, f.getvalue()) for f in files or []], upload_dir, class_name)
+            else:
+                root = resolve_server_folder(folder)
+        except (FolderAccessError, ZipRefused, ValueError) as e:
+            st.error(str(e), icon=":material/block:")
+            return
+        run_prepare(detect_source(root), root, name, size, label_mode, window)
+
+
+import_section()
+done_root, done_text = st.session_state.get("import_done", ("", ""))
+if done_root == str(ds.root):  # shown while the imported dataset is the active one
+    st.success(done_text, icon=":material/check_circle:")
+
 counts = ds.class_counts()
 m = ds.manifest
 c1, c2, c3, c4, c5 = st.columns(5)
@@ -27,6 +112,44 @@ c5.metric("Content hash", ds.content_hash[:8], help=ds.content_hash)
 st.plotly_chart(class_balance_figure(ds.split_counts()), key="class_chart")
 with st.expander("Images per class and split"):
     st.dataframe(ds.split_counts().assign(total=lambda t: t.sum(axis=1)), key="split_table")
+
+
+def dataset_card(card: dict) -> None:
+    """The card written by `prepare`: source sizes, bit depths, photometric mix, boxes per class."""
+    st.subheader("Dataset card")
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric("Source files used", f"{card['source_files']:,}")
+    w, h = card["source_width"], card["source_height"]
+    k2.metric("Median source size", f"{w['median']:.0f} x {h['median']:.0f} px",
+              help=f"width {w['min']}-{w['max']} px, height {h['min']}-{h['max']} px")
+    k3.metric("Bit depth", " · ".join(f"{b}-bit: {n}" for b, n in card["bit_depth"].items()))
+    k4.metric("Files skipped", card["files_skipped"], help="See the load report below")
+    st.markdown("**Photometric:** " + " · ".join(f"{k} {n}" for k, n in card["photometric"].items())
+                + " &nbsp; **Encoding:** " + " · ".join(f"{k} {n}" for k, n in card["transfer_syntax"].items()),
+                help="MONOCHROME1 files are inverted on reading, so bone is bright in every image")
+    t1, t2 = st.columns(2)
+    t1.caption("Source image size (px)")
+    t1.dataframe(pd.DataFrame({"width": w, "height": h}).T, key="card_sizes")
+    t2.caption("Lesion boxes per class")
+    t2.dataframe(pd.Series(card["boxes_per_class"], name="boxes", dtype=int), key="card_boxes")
+
+
+def load_report() -> None:
+    from core.data.prepare import REPORT_FILE, read_report
+
+    report = read_report(ds.root / REPORT_FILE)
+    if report.empty:
+        st.caption("Load report: every source file was used, no problems found.")
+        return
+    with st.expander(f"Load report: {len(report)} problem(s), "
+                     f"{int((report['outcome'] == 'file skipped').sum())} file(s) skipped", expanded=True,
+                     icon=":material/report:"):
+        st.dataframe(report, hide_index=True, key="load_report", width="stretch")
+
+
+if ds.meta.get("card"):
+    dataset_card(ds.meta["card"])
+    load_report()
 
 
 @st.dialog("Image", width="large")
@@ -42,6 +165,27 @@ def show_image(image_id: str) -> None:
     if row["boxes"]:
         right.caption("Boxes (pixels of the stored file)")
         right.table(pd.DataFrame(row["boxes"]).round(1))
+    source = source_dicom(image_id)
+    if source is not None:
+        from core.data.dicom import dicom_header
+
+        with st.expander(f"DICOM header of {source.name} (PHI masked)"):
+            st.dataframe(pd.DataFrame(dicom_header(source)), hide_index=True, key="dicom_header")
+
+
+def source_dicom(image_id: str) -> Path | None:
+    """The DICOM this image was prepared from, if the dataset records one and it still exists."""
+    from core.data.dicom import looks_like_dicom
+    from core.data.prepare import SOURCES_FILE
+
+    table, root = ds.root / SOURCES_FILE, ds.meta.get("source", {}).get("root")
+    if not (root and table.is_file()):
+        return None
+    sources = pd.read_csv(table, dtype=str).set_index("image_id")["source_file"]
+    if image_id not in sources.index:
+        return None
+    path = Path(root) / sources[image_id]
+    return path if path.is_file() and looks_like_dicom(path) else None
 
 
 @st.fragment

@@ -62,11 +62,29 @@ def synthetic_badge(ds: Dataset, short: bool = False) -> None:
         st.badge(text if short else f"{text} — not patient data", icon=":material/science:", color="violet")
 
 
+def _pick_dataset() -> None:
+    st.session_state["dataset_dir"] = st.session_state["dataset_picker"]
+
+
+def dataset_picker(ds: Dataset) -> None:
+    """Switch the active dataset among the folders in ``workspace/datasets``."""
+    from core.workspace import workspace_dir
+
+    current = str(ds.root)
+    found = sorted(str(p.parent.resolve()) for p in workspace_dir("datasets").glob("*/dataset.json"))
+    default = active_dataset_dir()  # MEDAUG_DATASET or the built-in phantom
+    options = list(dict.fromkeys([current, *([str(default.resolve())] if (default / "dataset.json").is_file() else []),
+                                  *found]))
+    st.session_state["dataset_picker"] = current  # follow switches made elsewhere (e.g. an import)
+    st.selectbox("Active dataset", options, key="dataset_picker", on_change=_pick_dataset,
+                 format_func=lambda p: Path(p).name, help="Datasets in the workspace's datasets/ folder")
+
+
 def sidebar(ds: Dataset) -> None:
     from core.tracking import tracking_uri
 
     with st.sidebar:
-        st.caption("Active dataset")
+        dataset_picker(ds)
         st.markdown(f"**{ds.name}**  \n`{ds.id}` · {len(ds.manifest):,} images · {len(ds.classes)} classes")
         synthetic_badge(ds, short=True)
         st.caption("Tracking store")

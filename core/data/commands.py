@@ -7,6 +7,10 @@ from core.cli import log, progress_printer
 
 
 def cmd_phantom(args) -> dict:
+    if args.format == "vindr":
+        from core.data.ingest_commands import cmd_phantom_vindr
+
+        return cmd_phantom_vindr(args)
     from core.data.datasets import build_phantom_dataset
 
     t0 = time.perf_counter()
@@ -64,6 +68,10 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same dataset (default 0)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.add_argument("--format", default="dataset", choices=["dataset", "vindr"],
+                   help="dataset: a MedAug dataset folder; vindr: the VinDr-SpineXR layout (DICOM + CSV), "
+                        "where --size is the film height")
+    s.add_argument("--noise", type=float, default=0.0, help="vindr: detector noise in 12-bit counts (default 0)")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("dataset", help="summarise a dataset folder (classes, splits, hash)")
