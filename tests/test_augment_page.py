@@ -91,6 +91,7 @@ def test_apply_writes_an_augmented_set_and_offers_the_zip(page, small_phantom):
     page.number_input(key="aug_target").set_value(25).run()
     page.button(key="aug_apply").click().run()
     assert not page.exception, page.exception
+    assert not page.error, [e.value for e in page.error]
     done = page.session_state["aug_result"]
     new = load_dataset(done["root"])
     train = new.class_counts("train")
