@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "core.data.ingest_commands",
     "core.jobs",
     "core.augment.commands",
+    "core.gan.commands",
 )
 
 

@@ -1,0 +1,287 @@
+"""CLI: ``python -m core train-gan`` and ``python -m core generate``.
+
+train-gan loads the TRAIN split of a dataset folder from the pixel cache, trains through
+:func:`core.gan.train.train_gan`, logs to MLflow through :mod:`core.tracking` (params once,
+metrics with step, per-epoch grids and the final checkpoint as artifacts, the dataset hash
+as a tag) and keeps ``<out>/status.json`` current for pages and job runners:
+
+    {"kind": "train-gan", "state": "starting|running|finished|diverged|failed|cancelled",
+     "message": str, "pid": int, "step": int, "total_steps": int, "epoch": int, "epochs": int,
+     "steps_per_epoch": int, "eta_s": float|null, "img_per_s": float|null,
+     "losses": {"loss_d": .., "loss_g": .., "d_real": .., "d_fake": .., ...}, "run_id": str|null,
+     "checkpoint": str|null, "grid": str|null (latest epoch grid PNG), "out": str,
+     "config": {GanConfig fields}, "started": iso, "updated": iso}
+
+It is rewritten atomically (temp file + rename) at most every 2 s, and at every epoch and
+state change. ``--config JSON`` holds the same fields as the flags (flags given on the
+command line win), so a job runner can launch ``python -m core train-gan --config job.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from core.cli import log, progress_printer
+
+STATUS_FILE = "status.json"
+STATUS_EVERY_S = 2.0
+# --config keys that are not GanConfig fields
+JOB_KEYS = ("data", "out", "resume", "class")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(out: str | Path) -> dict | None:
+    """The status of a train-gan job folder, or None if it has none (yet)."""
+    path = Path(out) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class StatusFile:
+    """``<out>/status.json``, merged field by field and rewritten at most every ``every`` seconds."""
+
+    def __init__(self, folder: Path, every: float = STATUS_EVERY_S, **fields):
+        self.path = folder / STATUS_FILE
+        self.every = every
+        self.fields = {"kind": "train-gan", "pid": os.getpid(), "started": now_iso(), **fields}
+        self._last = 0.0
+
+    def update(self, force: bool = False, **fields) -> None:
+        self.fields.update(fields)
+        if force or time.monotonic() - self._last >= self.every:
+            write_json_atomic(self.path, {**self.fields, "updated": now_iso()})
+            self._last = time.monotonic()
+
+
+def training_images(ds, resolution: int, class_name: str | None, conditional: bool):
+    """(uint8 images (N, R, R), class indices or None, class names) from the TRAIN split.
+
+    Per-class: the images of ``class_name``. Conditional: every class with training images.
+    Unreadable images (``cache.ok`` False) are left out."""
+    import numpy as np
+
+    from core.data.cache import pixel_cache
+
+    df = ds.manifest
+    train = (df["split"] == "train").to_numpy().copy()  # pandas 3 returns read-only views
+    if class_name is not None:
+        if class_name not in ds.classes:
+            raise ValueError(f"--class {class_name!r}: not a class of {ds.root}; its classes are "
+                             f"{', '.join(ds.classes)}.")
+        train &= (df["label"] == class_name).to_numpy()
+    cache = pixel_cache(ds, resolution, on_progress=progress_printer(0.25))
+    rows = np.flatnonzero(train & cache.ok)
+    if len(rows) == 0:
+        what = f"class {class_name!r}" if class_name else "any class"
+        raise ValueError(f"{ds.root}: no readable training images of {what}; check the split and labels "
+                         f"(`python -m core dataset --data {ds.root}`).")
+    images = np.asarray(cache.array[rows])
+    if not conditional:
+        return images, None, ()
+    labels = df["label"].to_numpy()[rows]
+    classes = tuple(c for c in ds.classes if c in set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    return images, np.array([index[c] for c in labels], dtype=np.int64), classes
+
+
+def job_fields(args) -> dict:
+    """--config JSON overlaid by the flags given on the command line."""
+    fields: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            fields = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of train-gan fields.") from e
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {path}: expected one JSON object of train-gan fields.")
+        if "class_name" in fields:
+            fields["class"] = fields.pop("class_name")
+    for key, value in vars(args).items():
+        if key in ("config", "func", "command") or value is None:
+            continue
+        fields["class" if key == "class_name" else key] = value
+    for key in ("data", "out"):
+        if not fields.get(key):
+            raise ValueError(f"train-gan needs --{key} (or \"{key}\" in --config).")
+    if fields.get("class") and fields.get("conditional"):
+        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
+    return fields
+
+
+def cmd_train_gan(args) -> dict:
+    from core.data.datasets import load_dataset
+    from core.gan.train import CHECKPOINT_FILE, GanConfig, GanDiverged, load_checkpoint, plan_steps, train_gan
+    from core.tracking import start_run
+
+    fields = job_fields(args)
+    job = {k: fields.pop(k, None) for k in JOB_KEYS}
+    out = Path(job["out"]).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(job["data"])
+    conditional = bool(fields.get("conditional"))
+    GanConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
+    images, labels, classes = training_images(ds, fields.get("resolution", GanConfig.resolution), job["class"],
+                                              conditional)
+    config = GanConfig.from_dict({**fields, "classes": classes, "class_name": job["class"]})
+    spe, total = plan_steps(len(images), config)
+    resume_from = None
+    if job["resume"] and (out / CHECKPOINT_FILE).is_file():
+        resume_from = (load_checkpoint(out / CHECKPOINT_FILE).get("meta") or {}).get("run_id")
+    status = StatusFile(out, out=str(out), state="starting", message="loading", step=0, total_steps=total,
+                        epoch=0, epochs=math.ceil(total / spe), steps_per_epoch=spe, eta_s=None,
+                        img_per_s=None, losses={}, run_id=None, checkpoint=None, grid=None,
+                        config=config.to_dict())
+    status.update(force=True)
+    what = job["class"] or ("conditional: " + ", ".join(classes) if conditional else "all classes")
+    log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
+        f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}")
+
+    def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    next_log = [0.0]
+    try:
+        params = {**config.to_dict(), "data": str(ds.root), "n_images": len(images), "steps_per_epoch": spe,
+                  "total_steps": total, "out": str(out)}
+        tags = {"medaug.gan.variant": config.variant, "medaug.gan.class": job["class"] or "",
+                "medaug.gan.conditional": conditional, "medaug.out": str(out)}
+        if resume_from:
+            tags["medaug.resumed_from"] = resume_from
+        with start_run("train-gan", params, dataset=ds, tags=tags,
+                       run_name=f"{config.variant} {job['class'] or ('conditional' if conditional else 'all')} "
+                                f"{config.resolution}px") as run:
+            status.update(force=True, state="running", message="training", run_id=run.run_id)
+
+            def on_step(step: int, metrics: dict) -> None:
+                run.log_metrics(metrics, step)
+                rate = metrics.get("img_per_s") or 0.0
+                eta = (total - step) * config.batch / rate if rate > 0 else None
+                status.update(step=step, epoch=math.ceil(step / spe), img_per_s=round(rate, 2),
+                              eta_s=None if eta is None else round(eta, 1),
+                              losses={k: round(v, 5) for k, v in metrics.items() if k != "img_per_s"})
+                if time.monotonic() >= next_log[0] or step >= total:
+                    loss_text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "img_per_s")
+                    log(f"  step {step:>6}/{total}  {loss_text}  {rate:.1f} img/s"
+                        + (f"  ETA {eta:.0f} s" if eta is not None else ""))
+                    next_log[0] = time.monotonic() + 10.0
+
+            def on_epoch(report) -> None:
+                run.log_artifact(report.grid_path, "grids")
+                run.log_metrics({"epoch": report.epoch}, report.step)
+                status.update(force=True, step=report.step, epoch=report.epoch, grid=str(report.grid_path),
+                              checkpoint=str(report.checkpoint))
+
+            meta = {"run_id": run.run_id, "dataset_id": ds.id, "dataset_hash": ds.content_hash,
+                    "data": str(ds.root), "class": job["class"]}
+            result = train_gan(images, labels, config, out, on_step=on_step, on_epoch=on_epoch,
+                               resume=bool(job["resume"]), meta=meta)
+            for note in result.notes:
+                log(f"  note: {note}")
+            run.set_tags({"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
+            if result.state == "diverged":
+                status.update(force=True, state="diverged", message=result.message, step=result.step)
+                raise GanDiverged(result.message)   # the run ends FAILED, the CLI exits 2
+            if result.checkpoint is not None:
+                run.log_artifact(result.checkpoint, "checkpoint")
+    except KeyboardInterrupt:
+        status.update(force=True, state="cancelled", message="cancelled")
+        raise ValueError(f"train-gan cancelled at step {status.fields['step']}; "
+                         f"continue with --resume --out {out}.") from None
+    except GanDiverged:
+        raise
+    except BaseException as e:
+        status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status.update(force=True, state="finished", message=result.message, step=result.step, epoch=result.epoch,
+                  eta_s=0.0, img_per_s=result.img_per_s,
+                  checkpoint=str(result.checkpoint) if result.checkpoint else None)
+    log(f"{result.message} {result.img_per_s} img/s; checkpoint {result.checkpoint}")
+    return {"run_id": run.run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "steps": result.step, "epochs": result.epoch, "img_per_s": result.img_per_s,
+            "seconds": result.seconds, "state": result.state, "out": str(out),
+            "status": str(status.path), "cuda_graph": result.cuda_graph, "metrics": result.metrics}
+
+
+def cmd_generate(args) -> dict:
+    from core.gan.sample import write_synthetic_set
+
+    t0 = time.perf_counter()
+    ds = write_synthetic_set(args.checkpoint, args.n, args.out, args.class_name, args.seed, dicom=args.dicom,
+                             append=args.append, overwrite=args.force, device=args.device,
+                             on_progress=progress_printer(0.25))
+    seconds = round(time.perf_counter() - t0, 2)
+    record = ds.meta["generator"][-1]
+    log(f"Wrote {args.n} synthetic images ({record['class'] or 'all classes'}) from run {record['run_id']} "
+        f"to {ds.root} in {seconds} s; the set now holds {len(ds.manifest)} images.")
+    return {"out": str(ds.root), "images": args.n, "total_images": len(ds.manifest), "classes": ds.class_counts(),
+            "run_id": record["run_id"], "seed": args.seed, "source": f"gan:{record['run_id']}",
+            "dicom": args.dicom, "content_hash": ds.content_hash, "seconds": seconds}
+
+
+def register(sub) -> None:
+    from core.gan.variants import VARIANTS   # the table itself imports no torch
+
+    s = sub.add_parser("train-gan", help="train a DCGAN / WGAN / WGAN-GP on a dataset's training split",
+                       description="Train a GAN on the TRAIN split of a dataset folder. Every flag can also be "
+                                   "given in --config JSON (flags win). Writes OUT/checkpoint.pt, OUT/grids/ and "
+                                   "OUT/status.json; logs to MLflow.")
+    s.add_argument("--data", help="dataset folder")
+    s.add_argument("--out", help="job folder for checkpoint, grids and status.json")
+    s.add_argument("--config", help="JSON file with any of these options (flags given here win)")
+    s.add_argument("--variant", choices=list(VARIANTS), default=None, help="GAN variant (default dcgan)")
+    s.add_argument("--resolution", type=int, default=None, help="image side: 64, 128 or 256 (default 64)")
+    s.add_argument("--batch", type=int, default=None, help="batch size (default 64)")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_name", default=None, help="train one model on this class only")
+    which.add_argument("--conditional", action="store_true", default=None,
+                       help="one class-conditional model over all classes")
+    s.add_argument("--epochs", type=int, default=None, help="epochs (default 25)")
+    s.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="stop after this many generator steps")
+    s.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None,
+                   help="generator steps per epoch (default ceil(images / batch), at least 20)")
+    s.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="auto: bf16 autocast on GPUs, fp32 on CPUs")
+    s.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
+                   help="GPU: capture the whole D+G step in one CUDA graph")
+    s.add_argument("--diffaug", action="store_true", default=None, help="DiffAugment (translation + cutout)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's)")
+    s.add_argument("--n-critic", dest="n_critic", type=int, default=None, help="critic steps per G step (default: the variant's)")
+    s.add_argument("--nz", type=int, default=None, help="noise length (default 100)")
+    s.add_argument("--width", type=int, default=None, help="base channels of G and D (default 64)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    s.add_argument("--log-every", dest="log_every", type=int, default=None, help="read losses every N steps (default 10)")
+    s.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt if present")
+    s.set_defaults(func=cmd_train_gan)
+
+    s = sub.add_parser("generate", help="generate a synthetic dataset folder from a GAN checkpoint")
+    s.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train-gan")
+    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("--class", dest="class_name", default=None,
+                   help="class to generate (conditional models; default: spread over all classes)")
+    s.add_argument("--out", required=True, help="synthetic dataset folder to write")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--dicom", action="store_true", help="also write de-identified DICOM copies under OUT/dicom/")
+    s.add_argument("--append", action="store_true", help="add to an existing synthetic set at OUT")
+    s.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    s.set_defaults(func=cmd_generate)

@@ -1,0 +1,608 @@
+"""One GAN training loop for every variant in :data:`core.gan.variants.VARIANTS`.
+
+``train_gan(images, labels, GanConfig(...), out_dir)`` trains on a uint8 array (N, H, W),
+writes an atomic checkpoint and a fixed-noise sample grid every epoch, and reports through
+``on_step(step, metrics)`` and ``on_epoch(EpochReport)`` callbacks (the CLI logs them to
+MLflow; this module needs only torch, torchvision, numpy and pillow).
+
+One step (= one generator update):
+    (1) n_critic times: sample a real batch and z on the device; update D/critic to minimise
+        loss(D(x), real) + loss(D(G(z)), fake) [+ lambda * gradient penalty]; clip D's
+        weights if the variant clips (after EVERY critic update).
+    (2) update G to minimise loss(D(G(z)), real). With n_critic = 1 the fakes of step (1) are
+        reused, as pytorch/examples' DCGAN does; otherwise G gets fresh noise (Arjovsky et
+        al., Gulrajani et al.). D's weights are frozen here: G needs only D's input gradient.
+
+Speed without changing the maths: the whole training set stays on the device as uint8;
+channels_last (oneDNN on CPUs, tensor cores on GPUs); fused Adam; losses accumulate on the
+device and are read every ``log_every`` steps (one host sync); bf16 autocast on GPUs; and,
+optionally on a GPU, the whole step is captured once in a CUDA graph and replayed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.gan.diffaug import diff_augment
+from core.gan.models import NORMS, RESOLUTIONS, Discriminator, Generator
+from core.gan.variants import VARIANTS, Variant, gradient_penalty
+
+CHECKPOINT_FILE = "checkpoint.pt"
+GRIDS_DIR = "grids"
+CHECKPOINT_FORMAT = "medaug-gan-checkpoint/1"
+MIN_STEPS_PER_EPOCH = 20     # tiny classes: an epoch (grid + checkpoint) still holds some training
+CUDA_GRAPH_WARMUP = 3        # eager steps on a side stream before capture (optimizer state, cuDNN plans)
+STAT_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "wasserstein", "gp")
+PRECISIONS = ("auto", "fp32", "bf16")
+# fields that may change when resuming; every other field must match the checkpoint
+RESUMABLE_FIELDS = ("epochs", "max_steps", "device", "precision", "cuda_graph", "log_every", "max_abs_loss")
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    variant: str = "dcgan"             # key of core.gan.variants.VARIANTS: "dcgan", "wgan", "wgan-gp"
+    resolution: int = 64               # image side in px: 64, 128 or 256 (32 for quick tests)
+    batch: int = 64                    # images per D batch and per G batch
+    epochs: int | None = 25            # stop after this many epochs (None: max_steps alone decides)
+    max_steps: int | None = None       # stop after this many generator steps (the first limit reached wins)
+    steps_per_epoch: int | None = None # generator steps per epoch; None: ceil(images / batch), at least 20
+    nz: int = 100                      # length of the noise vector z
+    width: int = 64                    # base channel count of G and D (64 = the paper's ngf/ndf)
+    conditional: bool = False          # one class-conditional model (label embedding + projection D)
+    classes: tuple[str, ...] = ()      # class names; conditional label i means classes[i]
+    class_name: str | None = None      # per-class model: the class it is trained on (kept for sampling)
+    diffaug: bool = False              # DiffAugment translation + cutout on real and fake (tens of images)
+    lr: float | None = None            # learning rate of both networks; None: the variant's
+    n_critic: int | None = None        # critic updates per generator update; None: the variant's
+    seed: int = 0                      # seeds weights, batches, noise and augmentation
+    device: str = "auto"               # "auto" (cuda if present), "cpu", "cuda" or "cuda:N"
+    precision: str = "auto"            # "auto": bf16 autocast on GPUs, fp32 on CPUs; or "fp32" / "bf16"
+    cuda_graph: bool = False           # GPU only: capture the whole D+G step in one CUDA graph
+    log_every: int = 10                # read the losses from the device every N steps (one sync)
+    grid_size: int = 64                # fixed-noise images in each epoch's sample grid
+    max_abs_loss: float = 1e4          # a loss above this in magnitude (or NaN) stops training as diverged
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r}: choose one of {', '.join(VARIANTS)}.")
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution={self.resolution}: choose one of {', '.join(map(str, RESOLUTIONS))} px.")
+        if not 2 <= self.batch <= 4096:
+            raise ValueError(f"batch={self.batch}: choose between 2 and 4096 (batch norm needs at least 2).")
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("epochs and max_steps are both unset: give at least one of them.")
+        if self.epochs is not None and not 1 <= self.epochs <= 100_000:
+            raise ValueError(f"epochs={self.epochs}: choose between 1 and 100000.")
+        if self.max_steps is not None and not 1 <= self.max_steps <= 10_000_000:
+            raise ValueError(f"max_steps={self.max_steps}: choose between 1 and 10000000.")
+        if self.steps_per_epoch is not None and not 1 <= self.steps_per_epoch <= 1_000_000:
+            raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: choose between 1 and 1000000 (or None).")
+        if not 1 <= self.nz <= 1024:
+            raise ValueError(f"nz={self.nz}: choose a noise length between 1 and 1024.")
+        if not 4 <= self.width <= 256:
+            raise ValueError(f"width={self.width}: choose a base channel count between 4 and 256.")
+        if not isinstance(self.classes, tuple):
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.conditional and len(self.classes) < 2:
+            raise ValueError(f"conditional=True needs at least 2 class names in classes, got {list(self.classes)}.")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes={list(self.classes)}: class names must be unique.")
+        if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= 1.0):
+            raise ValueError(f"lr={self.lr}: choose a learning rate in (0, 1], or None for the variant's.")
+        if self.n_critic is not None and not 1 <= self.n_critic <= 100:
+            raise ValueError(f"n_critic={self.n_critic}: choose between 1 and 100, or None for the variant's.")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        if not 1 <= self.log_every <= 10_000:
+            raise ValueError(f"log_every={self.log_every}: choose between 1 and 10000 steps.")
+        if not 1 <= self.grid_size <= 256:
+            raise ValueError(f"grid_size={self.grid_size}: choose between 1 and 256 images.")
+        if not self.max_abs_loss > 0:
+            raise ValueError(f"max_abs_loss={self.max_abs_loss}: must be positive.")
+
+    @property
+    def spec(self) -> Variant:
+        return VARIANTS[self.variant]
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.spec.lr
+
+    @property
+    def effective_n_critic(self) -> int:
+        return self.n_critic if self.n_critic is not None else self.spec.n_critic
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able fields (tuples become lists): for job files, MLflow and checkpoints."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, fields: Mapping) -> GanConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown GAN config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+        return cls(**{k: (tuple(v) if k == "classes" else v) for k, v in fields.items()})
+
+
+@dataclass
+class EpochReport:
+    """What ``on_epoch`` receives after each epoch's checkpoint is on disk."""
+    epoch: int                      # 1-based epoch just finished
+    step: int                       # generator steps done
+    total_steps: int                # steps the run will do in all
+    grid: np.ndarray                # fixed-noise sample grid, uint8 (H, W)
+    grid_path: Path                 # the same grid as PNG under out_dir/grids/
+    checkpoint: Path                # the checkpoint just written
+    metrics: dict[str, float]       # the latest averaged metrics
+
+
+@dataclass
+class GanResult:
+    state: str                      # "finished" or "diverged"
+    message: str                    # one readable sentence
+    step: int                       # generator steps done (resumed runs count from 0 of the first run)
+    epoch: int                      # epochs done
+    total_steps: int                # the planned total
+    checkpoint: Path | None         # the last good checkpoint (None if none was written)
+    img_per_s: float                # generator images per second in this run's training loop
+    seconds: float                  # wall time of this run's loop
+    metrics: dict[str, float] = field(default_factory=dict)   # the last averaged metrics
+    cuda_graph: bool = False        # whether the step ran as a CUDA graph
+    notes: list[str] = field(default_factory=list)             # e.g. why a CUDA graph was not used
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and says what to do."""
+
+
+class GanDiverged(ValueError):
+    """Training diverged (NaN or runaway loss); raised by the CLI after it records the status."""
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True`` (no pickle code runs); a damaged or foreign file gets a
+    :class:`CheckpointError` that names it and says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here; train one with `python -m core train-gan ... --out {path.parent}`.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:   # zip, pickle and EOF errors all mean the same thing to a user
+        raise CheckpointError(f"{path}: cannot be read as a GAN checkpoint (corrupt or truncated: "
+                              f"{type(e).__name__}: {str(e)[:200]}). Delete it and train again, "
+                              f"or point to an intact copy.") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a MedAug GAN checkpoint (format {found!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r}); use a checkpoint written by train-gan.")
+    missing = [k for k in ("config", "generator", "discriminator", "opt_g", "opt_d", "rng", "step") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is incomplete. Train again.")
+    return state
+
+
+def checkpoint_config(state: dict) -> GanConfig:
+    return GanConfig.from_dict(state["config"])
+
+
+# --- the trainer -------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: no CUDA GPU is visible here; use --device cpu or auto.")
+    return device
+
+
+def plan_steps(n_images: int, config: GanConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps) for ``n_images`` training images."""
+    spe = config.steps_per_epoch or max(math.ceil(n_images / config.batch), MIN_STEPS_PER_EPOCH)
+    total = min(config.epochs * spe if config.epochs else 2**62, config.max_steps or 2**62)
+    return spe, total
+
+
+def images_to_tensor(images, resolution: int) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, 1, H, W), numpy or torch -> uint8 (N, 1, R, R) on the CPU."""
+    t = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
+    if t.dtype != torch.uint8:
+        raise ValueError(f"images: expected uint8 pixels (N, H, W), got {t.dtype}; convert with core.data.io.to_uint8.")
+    if t.ndim == 3:
+        t = t[:, None]
+    if t.ndim != 4 or t.shape[1] != 1 or t.shape[0] < 1:
+        raise ValueError(f"images: expected shape (N, H, W) with N >= 1, got {tuple(t.shape)}.")
+    if t.shape[-2:] != (resolution, resolution):   # resize once, up front
+        f = torch.nn.functional.interpolate(t.float(), size=(resolution, resolution), mode="bilinear",
+                                            antialias=True, align_corners=False)
+        t = f.round().clamp(0, 255).to(torch.uint8)
+    return t.contiguous()
+
+
+def fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """SHA-1 of the training pixels and labels: a resumed run must see the same data."""
+    h = hashlib.sha1(images.numpy().tobytes())
+    if labels is not None:
+        h.update(labels.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def to_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """(B, 1, R, R) in [-1, 1] -> one uint8 (H, W) grid image with 2 px gaps."""
+    from torchvision.utils import make_grid
+
+    g = make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=-1.0)[0]
+    return ((g + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Atomically, so a page polling the folder never reads half a file."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class GanTrainer:
+    """G, D, their optimisers and the training data on one device; ``train_step()`` does one step.
+
+    ``train_gan`` drives it; tests and ``bench/gan.py`` call the step methods directly."""
+
+    def __init__(self, images, labels, config: GanConfig):
+        self.config = config
+        self.variant = config.spec
+        self.n_critic = config.effective_n_critic
+        self.device = resolve_device(config.device)
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        if self.variant.critic_norm not in NORMS:
+            raise ValueError(f"variant {self.variant.name}: critic_norm {self.variant.critic_norm!r} is not one of {NORMS}.")
+        n_classes = len(config.classes) if config.conditional else 0
+
+        cpu_images = images_to_tensor(images, config.resolution)
+        cpu_labels = None
+        if n_classes:
+            if labels is None:
+                raise ValueError("conditional=True needs labels: one class index per image.")
+            cpu_labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).view(-1)
+            if len(cpu_labels) != len(cpu_images):
+                raise ValueError(f"labels: {len(cpu_labels)} labels for {len(cpu_images)} images.")
+            if int(cpu_labels.min()) < 0 or int(cpu_labels.max()) >= n_classes:
+                raise ValueError(f"labels: class indices must lie in [0, {n_classes - 1}] (classes={list(config.classes)}).")
+        self.n_images = len(cpu_images)
+        self.data_fingerprint = fingerprint(cpu_images, cpu_labels)
+        self.steps_per_epoch, self.total_steps = plan_steps(self.n_images, config)
+
+        torch.manual_seed(config.seed)
+        cl = torch.channels_last
+        self.data = cpu_images.to(self.device).contiguous(memory_format=cl)          # uint8 (N, 1, R, R)
+        self.labels = cpu_labels.to(self.device) if cpu_labels is not None else None  # long (N,) or None
+        self.G = Generator(config.nz, config.resolution, 1, config.width, n_classes).to(self.device, memory_format=cl)
+        self.D = Discriminator(config.resolution, 1, config.width, n_classes,
+                               norm=self.variant.critic_norm).to(self.device, memory_format=cl)
+        self.d_params = list(self.D.parameters())
+        capturable = config.cuda_graph and self.device.type == "cuda"
+        self.opt_g = self._optimizer(self.G.parameters(), capturable)
+        self.opt_d = self._optimizer(self.D.parameters(), capturable)
+
+        # fixed noise for the per-epoch grids: its own generator, so it never shifts the training stream
+        fixed = torch.Generator().manual_seed(config.seed + 7919)
+        self.fixed_z = torch.randn(config.grid_size, config.nz, generator=fixed).to(self.device)
+        if n_classes:   # one row per class
+            per_class = max(1, config.grid_size // n_classes)
+            self.fixed_labels = torch.arange(n_classes).repeat_interleave(per_class)[:config.grid_size]
+            self.fixed_z, self.grid_nrow = self.fixed_z[:len(self.fixed_labels)], per_class
+            self.fixed_labels = self.fixed_labels.to(self.device)
+        else:
+            self.fixed_labels, self.grid_nrow = None, max(1, round(math.sqrt(config.grid_size)))
+
+        self.step = 0
+        self._stats = torch.zeros(len(STAT_NAMES), device=self.device)   # summed on the device between reads
+        self._stats_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.notes: list[str] = []
+        self._graph_pending = capturable        # capture on the first step after the warm-up
+        self._warmup_left = CUDA_GRAPH_WARMUP
+        self._static_grads = capturable         # a graph updates gradients in place: never set them to None
+
+    # -- pieces of a step -------------------------------------------------------------------
+
+    def _optimizer(self, params, capturable: bool) -> torch.optim.Optimizer:
+        v, lr = self.variant, self.config.effective_lr
+        if v.optimizer == "adam":   # fused: one kernel per step on CPU and GPU
+            return torch.optim.Adam(params, lr=lr, betas=v.betas, fused=True, capturable=capturable)
+        return torch.optim.RMSprop(params, lr=lr, foreach=True, capturable=capturable)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x) if self.config.diffaug else x
+
+    def sample_real(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch drawn uniformly (with replacement) on the device: floats in [-1, 1], channels_last."""
+        idx = torch.randint(0, self.n_images, (self.config.batch,), device=self.device)
+        real = self.data[idx].float().mul_(2.0 / 255.0).sub_(1.0).contiguous(memory_format=torch.channels_last)
+        return real, (self.labels[idx] if self.labels is not None else None)
+
+    def sample_noise(self, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z ~ N(0, I) (B, nz); conditional labels follow the training set's class frequencies."""
+        z = torch.randn(self.config.batch, self.config.nz, device=self.device)
+        if self.labels is not None and labels is None:
+            labels = self.labels[torch.randint(0, self.n_images, (self.config.batch,), device=self.device)]
+        return z, labels
+
+    def critic_update(self, real, y_real, fake, y_fake) -> list[torch.Tensor]:
+        """One D/critic update; returns detached (loss_d, D(x), D(G(z)), wasserstein, gp)."""
+        v = self.variant
+        self.opt_d.zero_grad(set_to_none=not self._static_grads)
+        with self.autocast():
+            real_in, fake_in = self._augment(real), self._augment(fake.detach())
+            s_real = self.D(real_in, y_real).float()
+            s_fake = self.D(fake_in, y_fake).float()
+            loss = v.loss(s_real, True) + v.loss(s_fake, False)
+            gp = torch.zeros((), device=self.device)
+            if v.gp_lambda is not None:
+                gp = gradient_penalty(self.D, real_in, fake_in, y_real)
+                loss = loss + v.gp_lambda * gp
+        loss.backward()
+        self.opt_d.step()
+        if v.clip is not None:   # after every critic update (Arjovsky et al., Algorithm 1, line 8)
+            with torch.no_grad():
+                for p in self.d_params:
+                    p.clamp_(-v.clip, v.clip)
+        with torch.no_grad():
+            wasserstein = s_real.mean() - s_fake.mean()
+            if v.sigmoid:
+                s_real, s_fake = torch.sigmoid(s_real), torch.sigmoid(s_fake)
+            return [loss.detach(), s_real.mean(), s_fake.mean(), wasserstein, gp.detach()]
+
+    def generator_update(self, fake, y_fake) -> list[torch.Tensor]:
+        """One G update through D (frozen); returns detached (loss_g, D(G(z)))."""
+        v = self.variant
+        for p in self.d_params:      # only D's input gradient is needed: skip its weight gradients
+            p.requires_grad_(False)
+        try:
+            self.opt_g.zero_grad(set_to_none=not self._static_grads)
+            with self.autocast():
+                scores = self.D(self._augment(fake), y_fake).float()
+                loss = v.loss(scores, True)
+            loss.backward()
+            self.opt_g.step()
+        finally:
+            for p in self.d_params:
+                p.requires_grad_(True)
+        with torch.no_grad():
+            return [loss.detach(), (torch.sigmoid(scores) if v.sigmoid else scores).mean()]
+
+    def _eager_step(self) -> None:
+        reuse = self.n_critic == 1   # DCGAN: G trains on the same fakes D just saw (pytorch/examples)
+        for _ in range(self.n_critic):
+            real, y = self.sample_real()
+            z, y = self.sample_noise(y)   # fakes share the real batch's labels (needed by a conditional penalty)
+            with (nullcontext() if reuse else torch.no_grad()), self.autocast():
+                fake = self.G(z, y)
+            loss_d, d_real, d_fake, wasserstein, gp = self.critic_update(real, y, fake, y)
+        if not reuse:
+            z, y = self.sample_noise()
+            with self.autocast():
+                fake = self.G(z, y)
+        loss_g, d_fake_g = self.generator_update(fake, y)
+        self._stats.add_(torch.stack([loss_d, loss_g, d_real, d_fake, d_fake_g, wasserstein, gp]))
+
+    def _side_stream_step(self) -> None:
+        """An eager warm-up step on a side stream, as CUDA graph capture requires."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._eager_step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def _capture(self) -> None:
+        """Record one whole step (nothing runs while recording); fall back to eager on failure."""
+        self._graph_pending = False
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._eager_step()
+            self.graph = graph
+        except Exception as e:  # an op that cannot be captured: train eagerly instead, and say so
+            self.graph = None
+            torch.cuda.synchronize(self.device)
+            self.notes.append(f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:300]}); trained eagerly.")
+
+    def train_step(self) -> None:
+        """One generator step (with its n_critic critic steps). Never syncs with the host.
+
+        With ``cuda_graph``, the first CUDA_GRAPH_WARMUP steps run eagerly on a side stream (they
+        create the optimiser state and gradients that the graph then updates in place), the next
+        call records the step once, and every call from then on replays it."""
+        if self._graph_pending and self._warmup_left > 0:
+            self._side_stream_step()
+            self._warmup_left -= 1
+        else:
+            if self._graph_pending:
+                self._capture()
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._eager_step()
+        self.step += 1
+        self._stats_steps += 1
+
+    def read_stats(self) -> dict[str, float]:
+        """Averages since the last read (one host sync); resets the device accumulator."""
+        if self._stats_steps == 0:
+            return {}
+        values = (self._stats / self._stats_steps).tolist()
+        self._stats.zero_()
+        self._stats_steps = 0
+        stats = dict(zip(STAT_NAMES, values))
+        if self.variant.sigmoid:       # the Wasserstein estimate means nothing for a logit D
+            stats.pop("wasserstein")
+        if self.variant.gp_lambda is None:
+            stats.pop("gp")
+        return stats
+
+    @torch.inference_mode()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1] from G in eval mode (batch-norm running statistics), so each image
+        depends on its own z only; the training stream and BN buffers are untouched."""
+        was_training = self.G.training
+        self.G.eval()
+        try:
+            with self.autocast():
+                return self.G(z.to(self.device), None if labels is None else labels.to(self.device)).float()
+        finally:
+            self.G.train(was_training)
+
+    def sample_grid(self) -> np.ndarray:
+        return to_grid(self.generate(self.fixed_z, self.fixed_labels), self.grid_nrow)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self, epoch: int, meta: Mapping | None = None, metrics: Mapping | None = None) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "step": self.step, "epoch": epoch, "steps_per_epoch": self.steps_per_epoch,
+            "n_images": self.n_images, "data_fingerprint": self.data_fingerprint,
+            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "meta": dict(meta or {}), "metrics": dict(metrics or {}),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def load_state_dict(self, state: dict, where: str = "checkpoint") -> int:
+        """Restore weights, optimisers, RNG and step from a checkpoint; returns its epoch."""
+        old = state["config"]
+        new = self.config.to_dict()
+        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
+                                  f"use the checkpoint's settings or a new --out folder.")
+        if state.get("data_fingerprint") != self.data_fingerprint:
+            raise CheckpointError(f"{where}: the training images differ from the ones this checkpoint was trained on "
+                                  f"({state.get('n_images')} then, {self.n_images} now); resume on the same data "
+                                  f"or start a new --out folder.")
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: weights do not fit the networks ({str(e)[:200]}); "
+                                  f"the checkpoint is damaged or from another configuration.") from e
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        return int(state.get("epoch", 0))
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+StepCallback = Callable[[int, dict], None]
+EpochCallback = Callable[[EpochReport], None]
+
+
+def diverged(metrics: Mapping[str, float], limit: float) -> str | None:
+    """A sentence naming the first bad metric, or None when every value is finite and in range."""
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            return f"{name} is {value}"
+        if name.startswith("loss") and abs(value) > limit:
+            return f"|{name}| = {abs(value):.3g} exceeds max_abs_loss = {limit:g}"
+    return None
+
+
+def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str | Path = ".", *,
+              on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
+              resume: bool = False, meta: Mapping | None = None, trainer: GanTrainer | None = None) -> GanResult:
+    """Train ``config.variant`` on uint8 ``images`` (N, H, W) (+ class indices ``labels`` (N,)
+    for a conditional model), writing ``out_dir/checkpoint.pt`` and ``out_dir/grids/epoch_XXXX.png``
+    every epoch.
+
+    - ``on_step(step, metrics)`` every ``log_every`` steps with averaged losses and ``img_per_s``
+      (the signature of :meth:`core.tracking.Run.on_step`).
+    - ``on_epoch(EpochReport)`` after each epoch's checkpoint and grid are on disk.
+    - ``resume=True`` continues from ``out_dir/checkpoint.pt`` if it exists (same config apart from
+      :data:`RESUMABLE_FIELDS`, same data); the result equals an uninterrupted run on the CPU.
+    - ``meta`` (e.g. run id, dataset hash) is stored in each checkpoint for sampling later.
+    A NaN or runaway loss stops training and returns ``state="diverged"``; the last checkpoint
+    is the last good one.
+    """
+    out = Path(out_dir)
+    (out / GRIDS_DIR).mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT_FILE
+    trainer = trainer or GanTrainer(images, labels, config)
+    config = trainer.config
+    epoch = 0
+    if resume and ckpt.is_file():
+        epoch = trainer.load_state_dict(load_checkpoint(ckpt, trainer.device), str(ckpt))
+    spe, total = trainer.steps_per_epoch, trainer.total_steps
+    metrics: dict[str, float] = {}
+    last_ckpt = ckpt if ckpt.is_file() and resume else None
+    start_step, t0 = trainer.step, time.perf_counter()
+
+    def rate() -> float:
+        return (trainer.step - start_step) * config.batch / max(time.perf_counter() - t0, 1e-9)
+
+    def finish(state: str, message: str) -> GanResult:
+        return GanResult(state, message, trainer.step, epoch, total, last_ckpt, round(rate(), 2),
+                         round(time.perf_counter() - t0, 3), metrics, trainer.graph is not None, trainer.notes)
+
+    while trainer.step < total:
+        trainer.train_step()
+        step = trainer.step
+        end_of_epoch = step % spe == 0 or step >= total
+        if step % config.log_every == 0 or end_of_epoch:
+            fresh = trainer.read_stats()
+            if fresh:
+                metrics = {**fresh, "img_per_s": rate()}
+                problem = diverged(fresh, config.max_abs_loss)
+                if problem:
+                    return finish("diverged", f"diverged at step {step}: {problem}. The last good checkpoint is "
+                                              f"{last_ckpt or 'none'}; lower the learning rate or try wgan-gp.")
+                if on_step:
+                    on_step(step, metrics)
+        if end_of_epoch:
+            epoch = math.ceil(step / spe)
+            grid = trainer.sample_grid()
+            grid_path = out / GRIDS_DIR / f"epoch_{epoch:04d}.png"
+            save_png(grid, grid_path)
+            save_checkpoint(ckpt, trainer.state_dict(epoch, meta, metrics))
+            last_ckpt = ckpt
+            if on_epoch:
+                on_epoch(EpochReport(epoch, step, total, grid, grid_path, ckpt, metrics))
+    return finish("finished", f"trained {trainer.step} steps ({epoch} epochs) of {config.variant} "
+                              f"at {config.resolution} px.")
