@@ -3,7 +3,6 @@
 Widgets are generated from the registry (core.augment.ops.OPS); all logic lives in core.augment.
 """
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from core.augment.apply import AugmentConfig, augment_dataset, augmented_zip, default_output_dir, read_native
@@ -244,8 +243,8 @@ def apply_section(pipeline: Pipeline) -> None:
             st.caption(note)
         if done["skipped"]:
             st.warning(f"{done['skipped']} source image(s) could not be read and were skipped.")
-        r1, r2, r3 = st.columns([3, 2, 2], vertical_alignment="bottom")
-        r1.dataframe(pd.DataFrame({"added": done["added"]}), key="aug_added_table")
+        r1, r2, r3 = st.columns([3, 2, 2], vertical_alignment="center")
+        r1.markdown("Added: " + ", ".join(f"{c} **{n}**" for c, n in done["added"].items()))
         r2.download_button("Augmented images (zip)", cached_zip(done["root"], done["hash"]), "augmented.zip",
                            "application/zip", key="aug_dl_zip", icon=":material/folder_zip:", width="stretch")
         if r3.button("Make it the active dataset", key="aug_activate", width="stretch"):
