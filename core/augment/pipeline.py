@@ -16,6 +16,7 @@ image ``i`` the generator ``rng.spawn(n)[i]``, so ``apply_batch`` equals ``apply
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -265,7 +266,7 @@ def run_kernel(op, batch: np.ndarray, applied: list[dict], workers: int | None =
         return out
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))
+        list(pool.map(lambda ab: work(*ab), itertools.pairwise(bounds)))
     return out
 
 
