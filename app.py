@@ -1,8 +1,4 @@
-"""MedAug Studio: the Streamlit entry point. It only builds the navigation."""
-import streamlit as st
+"""MedAug Studio: the Streamlit entry point. It only builds the navigation (pages/ui.py lists the pages)."""
+from pages import ui
 
-st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-    st.Page("pages/augment.py", title="Augment", icon=":material/auto_fix_high:"),
-]).run()
+ui.navigation().run()

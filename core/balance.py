@@ -49,3 +49,72 @@ def class_balance_plan(counts: dict[str, int], target: int | str = "max", classe
     plan = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
     plan.attrs["target"] = goal
     return plan
+
+
+def parse_checkpoints(items: list[str]) -> dict[str, str]:
+    """``["Vertebral collapse=/runs/vc/checkpoint.pt", "*=/runs/cond/checkpoint.pt"]`` -> mapping.
+    ``*`` names a class-conditional checkpoint used for every class without its own."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.rpartition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--checkpoint {item!r}: write CLASS=PATH (or *=PATH for a conditional model).")
+        out[name] = path
+    return out
+
+
+def generate_plan(plan: pd.DataFrame, checkpoints: dict[str, str], out, seed: int = 0, device: str = "cpu",
+                  on_progress=None):
+    """Generate every class's synthetic images of ``plan`` into one synthetic set at ``out``."""
+    from core.gan.sample import write_synthetic_set
+
+    todo = plan[plan["synthetic"] > 0]
+    missing = [c for c in todo["class"] if c not in checkpoints and "*" not in checkpoints]
+    if missing:
+        raise ValueError(f"no GAN checkpoint for {missing}; train one per class or give a conditional "
+                         f"model as --checkpoint '*=PATH'.")
+    ds = None
+    for i, row in enumerate(todo.itertuples()):
+        own = row[1] in checkpoints
+        ds = write_synthetic_set(checkpoints[row[1]] if own else checkpoints["*"], int(row.synthetic), out,
+                                 class_name=None if own else row[1], seed=seed + i, append=i > 0,
+                                 device=device, on_progress=on_progress)
+    return ds
+
+
+def _cmd_balance(args) -> dict:
+    from core.cli import log, progress_printer
+    from core.data.datasets import load_dataset
+
+    ds = load_dataset(args.data)
+    plan = class_balance_plan(ds.class_counts("train"), args.target, args.classes or None, args.cap)
+    log(f"Balancing plan for the train split of {ds.id} (target {plan.attrs['target']} per class):")
+    log(plan.to_string(index=False))
+    summary = {"target": plan.attrs["target"], "plan": plan.to_dict("records"),
+               "synthetic_total": int(plan["synthetic"].sum())}
+    if args.checkpoint:
+        if not args.out:
+            raise ValueError("--out is needed to generate the plan's images (or drop --checkpoint to plan only).")
+        out = generate_plan(plan, parse_checkpoints(args.checkpoint), args.out, args.seed, args.device,
+                            progress_printer(0.25))
+        if out is None:
+            log("Nothing to generate: every class is at or above the target.")
+        else:
+            log(f"Wrote {len(out.manifest)} synthetic images to {out.root}")
+            summary.update(out=str(out.root), generated=out.class_counts())
+    return summary
+
+
+def register(sub) -> None:
+    s = sub.add_parser("balance", help="plan (and generate) synthetic images to balance the training classes")
+    s.add_argument("--data", required=True, help="dataset folder (its train split is counted)")
+    s.add_argument("--target", default="max", help="'max' (largest class), 'median', or images per class")
+    s.add_argument("--classes", nargs="*", help="only top up these classes (default: all)")
+    s.add_argument("--cap", type=float, default=None, help="at most this many synthetic images per real one")
+    s.add_argument("--checkpoint", action="append", metavar="CLASS=PATH",
+                   help="GAN checkpoint per class (repeat), or '*=PATH' for a conditional model; "
+                        "without it the command only plans")
+    s.add_argument("--out", help="synthetic set folder to write")
+    s.add_argument("--seed", type=int, default=0, help="noise seed of the first class (default 0)")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    s.set_defaults(func=_cmd_balance)

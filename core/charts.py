@@ -54,3 +54,31 @@ def balance_plan_figure(plan: pd.DataFrame):
                       yaxis_title="images", legend=dict(orientation="h", y=1.1), height=380,
                       margin=dict(l=10, r=10, t=70, b=10))
     return fig
+
+
+GAN_LOSS_KEYS = ("loss_d", "loss_g", "wasserstein", "gp")
+GAN_OUTPUT_KEYS = ("d_real", "d_fake", "d_fake_g")
+_GAN_NAMES = {"loss_d": "D loss", "loss_g": "G loss", "wasserstein": "Wasserstein estimate",
+              "gp": "gradient penalty", "d_real": "D(x)", "d_fake": "D(G(z)) before D step",
+              "d_fake_g": "D(G(z)) at G step"}
+
+
+def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None):
+    """Two panels of a GAN run's curves from a long (key, step, value) table: the losses and
+    the Wasserstein estimate on top, D's outputs below. x is the generator step (or epoch)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("Losses", "Discriminator / critic outputs"))
+    for row, keys in ((1, GAN_LOSS_KEYS), (2, GAN_OUTPUT_KEYS)):
+        for key in keys:
+            h = history[history["key"] == key]
+            if h.empty:
+                continue
+            x = h["step"] / steps_per_epoch if steps_per_epoch else h["step"]
+            fig.add_scatter(x=x, y=h["value"], mode="lines", name=_GAN_NAMES[key], row=row, col=1,
+                            line=dict(width=3 if key == "wasserstein" else 1.6))
+    fig.update_xaxes(title_text="epoch" if steps_per_epoch else "generator step", row=2, col=1)
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15))
+    return fig

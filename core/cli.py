@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "core.data.commands",
     "core.data.ingest_commands",
     "core.jobs",
+    "core.balance",
     "core.augment.commands",
     "core.gan.commands",
 )

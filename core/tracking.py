@@ -224,3 +224,14 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
 
     dst = Path(dst or tempfile.mkdtemp(prefix="medaug-art-"))
     return Path(client().download_artifacts(run_id, path, str(dst)))
+
+
+def search_runs(kind: str | None = None, max_results: int = 200, experiment: str = DEFAULT_EXPERIMENT):
+    """Runs of one job kind (all kinds by default), newest first, as MLflow Run objects."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    filter_string = f"tags.`{TAG_KIND}` = '{kind}'" if kind else ""
+    return c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results,
+                         order_by=["attributes.start_time DESC"])

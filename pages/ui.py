@@ -11,11 +11,19 @@ import streamlit as st
 from core.data.datasets import (DEFAULT_PHANTOM, Dataset, active_dataset_dir, default_dataset_dir,
                                 build_phantom_dataset, load_dataset)
 
+# (script, menu title, icon) of every page, in menu order; the first is the default page.
+PAGES = (
+    ("pages/home.py", "Home", ":material/home:"),
+    ("pages/dataset.py", "Dataset", ":material/photo_library:"),
+    ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
+    ("pages/gan.py", "GAN", ":material/model_training:"),
+)
+
 # The workflow the product walks through; a step links to its page once the page exists.
 WORKFLOW = (
     ("Data", "Load the phantom, VinDr-SpineXR or your own folders; see class balance.", "pages/dataset.py"),
     ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", "pages/augment.py"),
-    ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", None),
+    ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", "pages/gan.py"),
     ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", None),
     ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),
     ("Compare", "Compare runs side by side and export reports from MLflow.", None),
@@ -24,10 +32,31 @@ WORKFLOW = (
 
 def setup(title: str) -> Dataset:
     """Page preamble: wide layout, the sidebar, and the active dataset (built on first use)."""
+    _leave_v1_routing()
     st.set_page_config(page_title=f"{title} · MedAug Studio", page_icon=":material/radiology:", layout="wide")
     ds = active_dataset()
     sidebar(ds)
     return ds
+
+
+def navigation():
+    """The app's pages, in menu order (app.py runs what this returns)."""
+    return st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                          for i, (path, title, icon) in enumerate(PAGES)])
+
+
+def _leave_v1_routing() -> None:
+    """Streamlit treats a folder named ``pages/`` beside the entry script as an old-style
+    (v1) multipage app until ``st.navigation`` has run once in the server process. If the
+    first request after a server start is a deep link (say ``/gan``), the page script runs
+    without app.py and every file in pages/ becomes a menu entry, for the whole process.
+    Registering our navigation here ends that mode; the page itself goes on running."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a future Streamlit without the v1 mode
+        return
+    if PagesManager.uses_pages_directory:
+        navigation()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -107,3 +136,35 @@ def cached_pixels(ds: Dataset, size: int = 256):
         pixel_cache(ds, size, on_progress=lambda d, t, m: bar.progress(d / t, text=f"{m} · {d}/{t}"))
         bar.empty()
     return _open_cache(ds, ds.content_hash, size)
+
+
+_STATE_COLORS = {"queued": "gray", "running": "blue", "finished": "green", "failed": "red", "died": "red",
+                 "diverged": "orange", "cancelled": "gray"}
+
+
+def job_progress(job) -> None:
+    """One background job: state, progress with ETA, latest losses, cancel, and its log."""
+    from core import jobs
+
+    s = job.status
+    head, cancel = st.columns([5, 1], vertical_alignment="center")
+    head.markdown(f"**{job.label}** · `{job.id}`")
+    head.badge(job.state, color=_STATE_COLORS.get(job.state, "gray"))
+    if job.active and cancel.button("Cancel", key=f"cancel_{job.id}", icon=":material/stop:"):
+        jobs.cancel(job.id)
+        st.rerun()
+    total, step = s.get("total_steps"), s.get("step") or 0
+    if total:
+        eta = s.get("eta_s")
+        eta_text = f" · ETA {eta / 60:.1f} min" if eta and job.active else ""
+        rate = f" · {s['img_per_s']:.0f} img/s" if s.get("img_per_s") else ""
+        st.progress(min(1.0, step / total), text=f"step {step}/{total} · epoch {s.get('epoch', 0)}"
+                                                 f"/{s.get('epochs', '?')}{rate}{eta_text}")
+    if s.get("losses"):
+        cols = st.columns(min(6, len(s["losses"])))
+        for col, (k, v) in zip(cols, list(s["losses"].items())[:6]):
+            col.metric(k, f"{v:.4g}")
+    if job.state in ("failed", "died", "diverged"):
+        st.error(job.meta.get("error") or s.get("message") or "The job failed; see its log.")
+    with st.expander("Log"):
+        st.code(job.log_tail(40) or "(empty)", language=None)

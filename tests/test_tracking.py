@@ -93,3 +93,14 @@ def test_reading_metrics_and_artifacts_back(tmp_path):
     assert tracking.list_artifacts(run.run_id, "samples") == ["samples/epoch_0001.png", "samples/epoch_0002.png"]
     local = tracking.download_artifact(run.run_id, "samples/epoch_0002.png", tmp_path / "dl")
     assert Image.open(local).getpixel((0, 0)) == 80
+
+
+def test_search_runs_by_kind():
+    with tracking.start_run("kind-a", {"x": 1}, run_name="a1"):
+        pass
+    with tracking.start_run("kind-b", {"x": 2}, run_name="b1"):
+        pass
+    with tracking.start_run("kind-a", {"x": 3}, run_name="a2"):
+        pass
+    names = [r.info.run_name for r in tracking.search_runs("kind-a")]
+    assert names[:2] == ["a2", "a1"] and "b1" not in names

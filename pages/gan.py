@@ -1,0 +1,227 @@
+"""GAN page: launch DCGAN / WGAN / WGAN-GP training as a background job, watch it learn live,
+browse finished runs from MLflow, and turn checkpoints into synthetic minority images."""
+from pathlib import Path
+
+import streamlit as st
+
+from core import jobs, tracking
+from core.balance import class_balance_plan
+from core.charts import balance_plan_figure, gan_curves_figure
+from core.gan.variants import VARIANTS
+from pages import ui
+
+ds = ui.setup("GAN")
+st.title("GAN training")
+ui.synthetic_badge(ds)
+train_counts = ds.class_counts("train")
+
+
+def train_form() -> None:
+    from core.gan.train import GanConfig
+
+    st.caption("Training uses only the **train split**; the job runs in the background and logs to MLflow.")
+    left, right = st.columns(2)
+    with left:
+        mode = st.radio("Model", ["One class", "Conditional (all classes)"], horizontal=True, key="gan_mode",
+                        help="One model per class, or one class-conditional model (label embedding in G, "
+                             "projection discriminator) where small classes borrow structure from large ones.")
+        scarce = sorted((c for c in ds.classes if train_counts[c] > 0), key=lambda c: train_counts[c])
+        class_name = st.selectbox("Class", scarce, key="gan_class", disabled=mode != "One class",
+                                  format_func=lambda c: f"{c} ({train_counts[c]} train images)")
+        variant = st.segmented_control("Variant", list(VARIANTS), default="dcgan", key="gan_variant",
+                                       required=True)
+        v = VARIANTS[variant]
+        extra = f", clip {v.clip}" if v.clip else f", gradient penalty λ {v.gp_lambda:g}" if v.gp_lambda else ""
+        st.caption(f"{v.optimizer} lr {v.lr:g}, n_critic {v.n_critic}{extra}, batch norm in D: "
+                   f"{v.critic_norm == 'batch'}. {v.reference}")
+    with right:
+        resolution = st.segmented_control("Resolution (px)", [64, 128, 256], default=64, key="gan_res",
+                                          required=True, help="The networks grow with the resolution.")
+        c1, c2 = st.columns(2)
+        batch = c1.number_input("Batch", 8, 512, v.default_batch, step=8, key="gan_batch")
+        epochs = c2.number_input("Epochs", 1, 10_000, 25, key="gan_epochs",
+                                 help="An epoch is ceil(images / batch) generator steps, at least 20.")
+        n_images = train_counts[class_name] if mode == "One class" else sum(train_counts.values())
+        diffaug = st.toggle("DiffAugment (translation + cutout)", value=n_images < 200, key="gan_diffaug",
+                            help="Differentiable augmentation of real and fake images: keeps D from "
+                                 "memorising datasets of tens of images.")
+    with st.expander("Advanced"):
+        a1, a2, a3, a4, a5 = st.columns(5)
+        lr = a1.number_input("Learning rate", 1e-6, 1e-2, v.lr, format="%.6f", key=f"gan_lr_{variant}")
+        n_critic = a2.number_input("Critic steps per G step", 1, 20, v.n_critic, key=f"gan_ncritic_{variant}")
+        seed = a3.number_input("Seed", 0, 2**31 - 1, 0, key="gan_seed")
+        width = a4.select_slider("Network width", [16, 32, 64, 128], value=64, key="gan_width",
+                                 help="Base channel count of G and D (64 = the DCGAN paper). Smaller trains "
+                                      "much faster on a CPU.")
+        device = a5.selectbox("Device", ["auto", "cpu", "cuda"], key="gan_device",
+                              help="auto: the GPU if there is one (bf16 autocast), else the CPU.")
+    fields = {"variant": variant, "resolution": int(resolution), "batch": int(batch), "epochs": int(epochs),
+              "diffaug": diffaug, "lr": float(lr), "n_critic": int(n_critic), "seed": int(seed), "device": device,
+              "width": int(width),
+              "conditional": mode != "One class"}
+    try:
+        GanConfig.from_dict(fields)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    queued = sum(j.state == "running" for j in jobs.list_jobs())
+    st.caption(f"{queued} job(s) running; at most {jobs.max_concurrent()} at once, others wait in the queue.")
+    if st.button("Launch training", type="primary", icon=":material/play_arrow:", key="gan_launch"):
+        config = {**fields, "data": str(ds.root), "out": "{job_dir}"}
+        if mode == "One class":
+            config["class"] = class_name
+        who = class_name if mode == "One class" else "conditional"
+        job = jobs.submit(["train-gan"], config=config, label=f"{variant} · {who} · {resolution}px")
+        st.session_state["gan_job"] = job.id
+        st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
+
+
+def grids_of(job: jobs.Job | None, run_id: str | None) -> list[tuple[int, str]]:
+    """(epoch, image path) of the per-epoch fixed-noise grids: the job folder while it exists,
+    else the run's MLflow artifacts."""
+    if job is not None and (job.dir / "grids").is_dir():
+        return [(int(p.stem.split("_")[-1]), str(p)) for p in sorted((job.dir / "grids").glob("*.png"))]
+    if run_id:
+        return [(int(Path(a).stem.split("_")[-1]), a) for a in tracking.list_artifacts(run_id, "grids")]
+    return []
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def artifact_file(run_id: str, path: str) -> str:
+    return str(tracking.download_artifact(run_id, path))
+
+
+def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
+    """Progress, curves and the epoch-by-epoch sample grid of one GAN run."""
+    status = job.status if job else {}
+    if job is not None:
+        ui.job_progress(job)
+    if not run_id:
+        st.info("Waiting for the job to start logging…")
+        return
+    history = tracking.metric_history(run_id)
+    spe = status.get("steps_per_epoch")
+    if history.empty:
+        st.caption("No metrics logged yet.")
+    else:
+        st.plotly_chart(gan_curves_figure(history, spe), key=f"gan_curves_{where}_{run_id}")
+    grids = grids_of(job, run_id)
+    if grids:
+        epochs = [e for e, _ in grids]
+        epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"gan_epoch_{where}_{run_id}") \
+            if len(epochs) > 1 else epochs[0]
+        path = dict(grids)[epoch]
+        local = path if Path(path).is_file() else artifact_file(run_id, path)
+        st.image(local, caption=f"Fixed-noise samples after epoch {epoch}", width=520)
+
+
+def live_panel() -> None:
+    gan_jobs = [j for j in jobs.list_jobs() if j.command == "train-gan"]
+    if not gan_jobs:
+        st.info("No GAN jobs yet: launch one in the Train tab.")
+        return
+    ids = [j.id for j in gan_jobs]
+    chosen = st.session_state.get("gan_job")
+    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0, key="gan_job_pick",
+                          format_func=lambda i: next(f"{j.label} — {j.state} ({j.id})" for j in gan_jobs
+                                                     if j.id == i))
+    active = jobs.get_job(job_id).active
+
+    @st.fragment(run_every=2.0 if active else None)
+    def live() -> None:
+        job = jobs.get_job(job_id)
+        run_view(job, job.status.get("run_id"), "live")
+        if active and not job.active:
+            st.rerun()  # the job just ended: stop polling
+
+    live()
+
+
+def past_runs() -> None:
+    runs = tracking.search_runs("train-gan", max_results=100)
+    if not runs:
+        st.info("No GAN runs in the tracking store yet.")
+        return
+    by_id = {r.info.run_id: r for r in runs}
+    run_id = st.selectbox("Run", list(by_id), key="gan_past_run",
+                          format_func=lambda i: f"{by_id[i].info.run_name} — {by_id[i].info.status} · "
+                                                f"{by_id[i].data.tags.get('medaug.dataset_id', '')}")
+    run = by_id[run_id]
+    st.caption(f"Run `{run_id}` · dataset `{run.data.tags.get('medaug.dataset_id')}` · "
+               f"variant {run.data.params.get('variant')} · {run.data.params.get('resolution')} px")
+    run_view(None, run_id, "past")
+
+
+def checkpoints() -> dict[str, str]:
+    """Finished GAN jobs with a checkpoint: label -> checkpoint path."""
+    out = {}
+    for j in jobs.list_jobs():
+        ckpt = j.status.get("checkpoint")
+        if j.command == "train-gan" and j.state == "finished" and ckpt and Path(ckpt).is_file():
+            cfg = j.status.get("config", {})
+            who = "conditional" if cfg.get("conditional") else cfg.get("class_name") or "?"
+            out[f"{j.label} ({j.id})"] = (who, ckpt)
+    return out
+
+
+def synthesis_panel() -> None:
+    st.markdown("**Balancing planner** — how many synthetic images each class needs to reach a target "
+                "(training split only; synthetic images never enter validation or test).")
+    c1, c2, c3 = st.columns([2, 3, 2])
+    how = c1.selectbox("Target per class", ["largest class", "median class", "a number"], key="bal_how")
+    target = {"largest class": "max", "median class": "median"}.get(how) or \
+        c1.number_input("Images per class", 1, 100_000, max(train_counts.values()), key="bal_n")
+    chosen = c2.multiselect("Classes to top up", ds.classes, default=[c for c in ds.classes
+                            if train_counts[c] < max(train_counts.values())], key="bal_classes")
+    cap = c3.number_input("At most synthetic per real image", 0.5, 100.0, 5.0, step=0.5, key="bal_cap",
+                          help="A GAN trained on 14 images should not be asked for 500.")
+    plan = class_balance_plan(train_counts, target, chosen, cap)
+    left, right = st.columns([3, 2])
+    left.plotly_chart(balance_plan_figure(plan), key="bal_chart")
+    right.dataframe(plan, hide_index=True, key="bal_table")
+
+    ckpts = checkpoints()
+    need = plan[plan["synthetic"] > 0]["class"].tolist()
+    if not need:
+        st.success("Every chosen class is at or above the target.")
+        return
+    if not ckpts:
+        st.info("Train a GAN first (one per class, or a conditional one); finished runs appear here.")
+        return
+    cond = [k for k, (who, _) in ckpts.items() if who == "conditional"]
+    mapping = {}
+    cols = st.columns(min(4, len(need)))
+    for i, name in enumerate(need):
+        options = [k for k, (who, _) in ckpts.items() if who == name] + cond
+        pick = cols[i % len(cols)].selectbox(name, options or ["— no model for this class —"], key=f"bal_ck_{i}")
+        if pick in ckpts:
+            who, path = ckpts[pick]
+            mapping[name if who == name else "*"] = path  # "*": a conditional model, told the class
+    missing = [n for n in need if n not in mapping and "*" not in mapping]
+    if missing:
+        st.warning(f"No model for {', '.join(missing)}: train one, or a conditional model.")
+        return
+    if st.button("Generate the plan's images", type="primary", icon=":material/auto_awesome:", key="bal_go"):
+        argv = ["balance", "--data", str(ds.root), "--target", str(target), "--cap", str(cap),
+                "--out", "{job_dir}/synthetic", "--classes", *chosen]
+        for name, path in mapping.items():
+            argv += ["--checkpoint", f"{name}={path}"]
+        job = jobs.submit(argv, label=f"balance · {int(plan['synthetic'].sum())} synthetic images")
+        st.toast(f"Generation job {job.id} {job.state}.")
+    gen = [j for j in jobs.list_jobs() if j.command == "balance"][:5]
+    for j in gen:
+        with st.container(border=True):
+            ui.job_progress(j)
+            if j.state == "finished" and j.summary().get("out"):
+                st.caption(f"Synthetic set: `{j.summary()['out']}` · {j.summary().get('generated')}")
+
+
+train_tab, live_tab, past_tab, synth_tab = st.tabs(["Train", "Live jobs", "Past runs", "Synthesize & balance"])
+with train_tab:
+    train_form()
+with live_tab:
+    live_panel()
+with past_tab:
+    past_runs()
+with synth_tab:
+    synthesis_panel()
