@@ -260,6 +260,8 @@ def _alive(job: Job) -> bool:
     pid = job.meta.get("pid")
     if not pid or not _pid_alive(pid):
         return False
+    if time.time() - job.meta.get("started", 0) < 30:
+        return True  # just started: /proc may still show the parent's command line (fork before exec)
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:

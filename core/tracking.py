@@ -93,10 +93,31 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+_READY_STORES: set[str] = set()
+
+
 def client():
+    """An MlflowClient on :func:`tracking_uri`. The first use of a SQLite store in a process
+    holds a file lock: the store creates its schema on first open, and two processes doing
+    that at once (the app and a job, on a fresh workspace) collide with "table already exists"."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)  # forces the store (and its schema) into being
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
+    return c
 
 
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:

@@ -72,7 +72,7 @@ def train_form() -> None:
             config["class"] = class_name
         who = class_name if mode == "One class" else "conditional"
         job = jobs.submit(["train-gan"], config=config, label=f"{variant} · {who} · {resolution}px")
-        st.session_state["gan_job"] = job.id
+        st.session_state["gan_job_pick"] = job.id  # the Live tab (drawn after this one) follows it
         st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
 
 
@@ -101,18 +101,22 @@ def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
         return
     history = tracking.metric_history(run_id)
     spe = status.get("steps_per_epoch")
+    curves, grid = st.columns([3, 2])
     if history.empty:
-        st.caption("No metrics logged yet.")
+        curves.caption("No metrics logged yet.")
     else:
-        st.plotly_chart(gan_curves_figure(history, spe), key=f"gan_curves_{where}_{run_id}")
+        curves.plotly_chart(gan_curves_figure(history, spe), key=f"gan_curves_{where}_{run_id}")
     grids = grids_of(job, run_id)
-    if grids:
+    with grid:
+        if not grids:
+            st.caption("The first sample grid appears after the first epoch.")
+            return
         epochs = [e for e, _ in grids]
         epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"gan_epoch_{where}_{run_id}") \
             if len(epochs) > 1 else epochs[0]
         path = dict(grids)[epoch]
         local = path if Path(path).is_file() else artifact_file(run_id, path)
-        st.image(local, caption=f"Fixed-noise samples after epoch {epoch}", width=520)
+        st.image(local, caption=f"Fixed-noise samples after epoch {epoch}", width="stretch")
 
 
 def live_panel() -> None:
@@ -121,8 +125,9 @@ def live_panel() -> None:
         st.info("No GAN jobs yet: launch one in the Train tab.")
         return
     ids = [j.id for j in gan_jobs]
-    chosen = st.session_state.get("gan_job")
-    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0, key="gan_job_pick",
+    if st.session_state.get("gan_job_pick") not in ids:
+        st.session_state["gan_job_pick"] = ids[0]
+    job_id = st.selectbox("Job", ids, key="gan_job_pick",
                           format_func=lambda i: next(f"{j.label} — {j.state} ({j.id})" for j in gan_jobs
                                                      if j.id == i))
     active = jobs.get_job(job_id).active

@@ -41,3 +41,34 @@ def test_home_and_dataset_in_chromium(small_phantom, isolated_workspace):
         assert "MedAug Studio" in page.inner_text("body")
         assert page.locator("text=Synthetic phantom").count() >= 1
         tall_screenshot(page, SHOTS / "home.png")
+
+
+def test_gan_page_during_a_live_run(small_phantom, isolated_workspace):
+    """A real training job streams its curves and epoch grids into the page while it runs."""
+    from core import jobs
+
+    SHOTS.mkdir(exist_ok=True)
+    env = {"MEDAUG_DATASET": str(small_phantom.root), "MEDAUG_HOME": str(isolated_workspace),
+           "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    job = jobs.submit(["train-gan"], label="dcgan · Osteophytes · 64px (browser test)",
+                      config={"data": str(small_phantom.root), "out": "{job_dir}", "class": "Osteophytes",
+                              "variant": "dcgan", "resolution": 64, "batch": 16, "epochs": 40, "width": 16})
+    try:
+        with serve_app(env) as (url, _), chromium_page() as page:
+            page.goto(f"{url}/gan")
+            wait_rendered(page, "text=Launch training")
+            page.get_by_role("tab", name="Live jobs").click()
+            # the fragment polls every 2 s: wait until the grid of epoch 2 or later is shown
+            page.wait_for_function(
+                "() => /Fixed-noise samples after epoch ([2-9]|\\d\\d)/.test(document.body.innerText)",
+                timeout=120_000)
+            page.wait_for_selector(".js-plotly-plot", timeout=30_000)
+            assert jobs.get_job(job.id).state == "running", "the screenshot must show a live run"
+            errors = page.locator("[data-testid='stException']")
+            assert errors.count() == 0, errors.first.inner_text()
+            body = page.inner_text("body")
+            assert "running" in body and "ETA" in body and "D loss" in page.inner_text(".js-plotly-plot")
+            tall_screenshot(page, SHOTS / "gan_live.png")
+    finally:
+        jobs.cancel(job.id)
+    assert jobs.get_job(job.id).state == "cancelled"

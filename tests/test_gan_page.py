@@ -43,7 +43,7 @@ def test_launch_watch_browse_and_balance(gan_page, small_phantom):
     at.select_slider(key="gan_width").set_value(16)
     at.button(key="gan_launch").click().run()
     assert not at.exception, at.exception
-    job_id = at.session_state["gan_job"]
+    job_id = at.session_state["gan_job_pick"]
     job = jobs.get_job(job_id)
     config = job.meta["argv"]
     assert config[0] == "train-gan" and "--config" in config
@@ -60,7 +60,9 @@ def test_launch_watch_browse_and_balance(gan_page, small_phantom):
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) >= 2  # GAN curves + the balancing chart
     assert any("Fixed-noise samples after epoch 1" in str(i.proto) for i in at.get("image"))
-    assert at.selectbox(key="gan_past_run").value == run_id  # newest run first
+    at.selectbox(key="gan_past_run").set_value(run_id).run()  # the run is browsable from MLflow
+    assert not at.exception, at.exception
+    assert any(run_id in str(c.value) for c in at.caption)
 
     # balancing: the finished per-class model tops up Osteophytes, as one background job
     at.selectbox(key="bal_how").set_value("a number").run()

@@ -104,3 +104,18 @@ def test_search_runs_by_kind():
         pass
     names = [r.info.run_name for r in tracking.search_runs("kind-a")]
     assert names[:2] == ["a2", "a1"] and "b1" not in names
+
+
+def test_two_processes_opening_a_fresh_store_at_once(tmp_path):
+    """The app and a job may open a brand-new SQLite store together; neither may crash."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core import tracking\n"
+            "with tracking.start_run('race', {'i': sys.argv[1]}) as r: r.log_metrics({'x': 1.0}, step=0)\n"
+            "print('ok')")
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in results]
