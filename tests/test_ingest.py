@@ -23,7 +23,7 @@ from PIL import Image
 
 from core.data.cache import box_to_cache, letterbox, pixel_cache
 from core.data.datasets import load_dataset
-from core.data.dicom import DicomReadOptions, quiet_uid_warnings, read_dicom
+from core.data.dicom import MASK, DicomReadOptions, quiet_uid_warnings, read_dicom
 from core.data.folders import (
     FolderAccessError,
     ZipRefused,
@@ -168,6 +168,17 @@ def test_label_modes_single_multi_and_patch(vindr_export, tmp_path):
         assert b["xmax"] - b["xmin"] >= 8 or b["ymax"] - b["ymin"] >= 8  # the lesion fills the patch
 
 
+def test_phantom_dataset_as_a_source_gives_lesion_patches(small_phantom, tmp_path):
+    result = run_prepare(small_phantom.root, tmp_path / "patches", source="phantom", size=32, label_mode="patch")
+    m = result.dataset.manifest
+    boxes = [b for bs in small_phantom.manifest["boxes"] for b in bs]
+    assert len(m) == len(boxes) and result.problems == []
+    assert sorted(m["label"]) == sorted(b["label"] for b in boxes)
+    assert result.dataset.synthetic and set(m["source"]) == {"phantom"}
+    parent_split = dict(zip(small_phantom.manifest["image_id"], small_phantom.manifest["split"]))
+    assert all(parent_split[r.image_id.rsplit("-p", 1)[0]] == r.split for r in m.itertuples())  # no leak
+
+
 # --- the bad-input corpus ----------------------------------------------------------------------
 
 def bomb_png(path: Path, side: int = 20000) -> Path:
@@ -295,6 +306,24 @@ def test_bad_image_folder_inputs_are_reported_and_the_rest_loads(vindr_export, t
                           to_uint8(ramp16.astype(np.float64) / 65535).astype(np.uint8))
     assert result.dataset.meta["card"]["bit_depth"] == {"8": 6, "12": 1, "16": 1}
     assert result.dataset.classes == ["No finding", "Osteophytes"]
+
+
+def test_an_unforeseen_decoder_failure_is_reported_not_raised(vindr_export, tmp_path, monkeypatch):
+    import core.data.prepare as prep
+
+    folder, table = vindr_export
+    victim = table["image_id"].iloc[3]
+    real = prep.decode_source
+
+    def flaky(path, window="voi"):
+        if Path(path).stem == victim:
+            raise RuntimeError("decoder crashed")
+        return real(path, window)
+    monkeypatch.setattr(prep, "decode_source", flaky)
+    result = run_prepare(folder, tmp_path / "out", source="vindr", size=32)
+    assert len(result.dataset.manifest) == len(table) - 1
+    (problem,) = result.problems
+    assert problem.reason == "unexpected RuntimeError: decoder crashed" and victim in problem.file
 
 
 def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
@@ -477,6 +506,16 @@ def test_dataset_page_imports_a_server_folder_and_switches_to_it(small_phantom, 
     assert any(str(s.value) == "Dataset card" for s in at.subheader)
     assert Path(at.session_state["dataset_dir"]).name == "vindr-page-test"
     assert at.sidebar.selectbox(key="dataset_picker").value.endswith("vindr-page-test")
+    # an image's view shows its DICOM header with PHI masked (AppTest drops the first click after
+    # a script's st.rerun, which a browser does not: the Chromium test clicks View right away)
+    at.run()
+    view = [b for b in at.button if str(b.key).startswith("view_")][0]
+    view.click().run()
+    assert not at.exception, at.exception
+    headers = [d.value for d in at.dataframe if "keyword" in d.value.columns]
+    assert headers, "no DICOM header in the image view"
+    header = headers[0].set_index("keyword")["value"]
+    assert header["PatientName"] == MASK and header["BitsStored"] == "12" and header["Modality"] == "DX"
     # the picker switches back to the phantom
     at.sidebar.selectbox(key="dataset_picker").set_value(str(small_phantom.root)).run()
     assert at.metric[0].value == f"{len(small_phantom.manifest):,}"
@@ -546,3 +585,10 @@ def test_dataset_page_after_importing_a_vindr_folder_in_chromium(vindr_export, i
         assert f"MONOCHROME1 {int(table['monochrome1'].sum())}" in body
         assert "Load report: 2 problem(s), 1 file(s) skipped" in body
         tall_screenshot(page, SHOTS / "dataset_vindr.png")
+        # the image view shows the film's DICOM header with PHI masked
+        page.get_by_role("button", name="View").first.click()
+        page.wait_for_selector("[role='dialog'] [data-testid='stImage'] img", timeout=30_000)
+        page.get_by_text("(PHI masked)").click()
+        page.wait_for_selector("[role='dialog'] [data-testid='stDataFrame']", timeout=30_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SHOTS / "dataset_vindr_view.png"))

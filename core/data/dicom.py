@@ -147,8 +147,9 @@ def _open(path: Path, stop_before_pixels: bool = False):
             # pydicom only warns when the pixel data stops early; a partial image is not usable
             warnings.filterwarnings("error", message=_TRUNCATED_WARNING.pattern)
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except UserWarning as e:
-        raise ImageReadError(f"{path}: the file is truncated ({e}); copy it again.") from None
+    except UserWarning:
+        raise ImageReadError(f"{path}: the file is truncated (its pixel data stops before the end marker); "
+                             "copy it again.") from None
     except InvalidDicomError:
         raise ImageReadError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128); remove it, or "
                              f"re-save it with a DICOM tool if it is a DICOM without a preamble.") from None

@@ -296,7 +296,17 @@ def prepare_item(task: dict, images_dir: str, settings: dict) -> dict:
 
 
 def _prepare_chunk(tasks: list[dict], images_dir: str, settings: dict) -> list[dict]:
-    return [prepare_item(t, images_dir, settings) for t in tasks]
+    results = []
+    for task in tasks:
+        try:
+            results.append(prepare_item(task, images_dir, settings))
+        except Exception as e:  # noqa: BLE001 - a file that breaks a decoder in an unforeseen way is
+            # reported like any other bad file (with the error's type), and the load goes on
+            problem = LoadProblem(task["rel"], "decode", f"unexpected {type(e).__name__}: {e}",
+                                  "check the file opens in a DICOM/image viewer; if it does, report it as a bug")
+            results.append({"key": task["item"]["image_id"], "sig": task["sig"], "records": [],
+                            "problems": [asdict(problem)]})
+    return results
 
 
 # --- sources and label modes (parent process) ----------------------------------------------
@@ -472,10 +482,10 @@ def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: b
     with open(out / STATE_DIR / JOURNAL_FILE, "a") as journal:
         if workers == 1:
             for task in tasks:
-                finish(prepare_item(task, images_dir, settings))
+                finish(_prepare_chunk([task], images_dir, settings)[0])
         else:
             # spawn: safe under the threaded Streamlit server; small chunks keep the progress smooth
-            chunk = max(1, min(8, len(tasks) // (workers * 6)))
+            chunk = max(1, min(4, len(tasks) // (workers * 16)))
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(_prepare_chunk, tasks[i:i + chunk], images_dir, settings)
                            for i in range(0, len(tasks), chunk)]
