@@ -30,7 +30,7 @@ def run_prepare(source: str, root: Path, name: str, size: int, label_mode: str, 
     try:
         result = prepare(config, on_progress=lambda d, t, m: bar.progress(min(1.0, d / t) if t else 1.0,
                                                                           text=f"{d}/{t} files · {m}"))
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # our messages say what to do; OSError: disk full, permissions
         bar.empty()
         st.error(str(e), icon=":material/error:")
         return

@@ -419,6 +419,8 @@ def test_second_run_skips_finished_files_and_other_settings_are_refused(vindr_ex
         run_prepare(folder, tmp_path / "ds", source="vindr", size=48)
     with pytest.raises(ValueError, match="not made by `prepare`"):
         run_prepare(folder, first.dataset.root / "images", source="vindr", size=40)
+    with pytest.raises(ValueError, match="must not be --root or inside it"):
+        run_prepare(folder, folder / "prepared", source="vindr", size=40)
 
 
 def test_killed_run_resumes_without_redoing_or_half_written_entries(vindr_export, tmp_path):

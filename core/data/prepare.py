@@ -446,8 +446,9 @@ def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: b
     report = on_progress or (lambda done, total, msg: None)
     out = Path(config.out).expanduser().resolve()
     root = Path(config.root).expanduser().resolve()
-    if out == root:
-        raise ValueError(f"{out}: --out must differ from --root; the source is never modified.")
+    if out == root or root in out.parents:
+        raise ValueError(f"{out}: --out must not be --root or inside it (the source is never modified, and a "
+                         "folder source would pick the output up as a class); choose a folder elsewhere.")
     items, problems, source_facts = scan_source(config)
     planned, label_problems = plan_labels(items, config.label_mode)
     problems += label_problems
