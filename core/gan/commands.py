@@ -169,10 +169,24 @@ def cmd_train_gan(args) -> dict:
                                 f"{config.resolution}px") as run:
             status.update(force=True, state="running", message="training", run_id=run.run_id)
 
+            t_train = time.monotonic()
+
+            def tracked(call, *args) -> None:
+                """MLflow trouble (a busy or unreachable store) must not kill hours of training."""
+                try:
+                    call(*args)
+                except Exception as e:
+                    if not status.fields.get("warning"):
+                        log(f"  warning: MLflow logging failed ({type(e).__name__}: {str(e)[:200]}); training goes on")
+                    status.update(warning=f"MLflow logging failed: {type(e).__name__}: {str(e)[:300]}")
+
             def on_step(step: int, metrics: dict) -> None:
-                run.log_metrics(metrics, step)
+                tracked(run.log_metrics, metrics, step)
                 rate = metrics.get("img_per_s") or 0.0
                 eta = (total - step) * config.batch / rate if rate > 0 else None
+                if config.max_seconds:   # a time budget may end the run first
+                    left = max(0.0, config.max_seconds - (time.monotonic() - t_train))
+                    eta = left if eta is None else min(eta, left)
                 status.update(step=step, epoch=math.ceil(step / spe), img_per_s=round(rate, 2),
                               eta_s=None if eta is None else round(eta, 1),
                               losses={k: round(v, 5) for k, v in metrics.items() if k != "img_per_s"})
@@ -183,8 +197,8 @@ def cmd_train_gan(args) -> dict:
                     next_log[0] = time.monotonic() + 10.0
 
             def on_epoch(report) -> None:
-                run.log_artifact(report.grid_path, "grids")
-                run.log_metrics({"epoch": report.epoch}, report.step)
+                tracked(run.log_artifact, report.grid_path, "grids")
+                tracked(run.log_metrics, {"epoch": report.epoch}, report.step)
                 status.update(force=True, step=report.step, epoch=report.epoch, grid=str(report.grid_path),
                               checkpoint=str(report.checkpoint))
 
@@ -256,9 +270,13 @@ def register(sub) -> None:
                        help="one class-conditional model over all classes")
     s.add_argument("--epochs", type=int, default=None, help="epochs (default 25)")
     s.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="stop after this many generator steps")
+    s.add_argument("--max-seconds", dest="max_seconds", type=float, default=None,
+                   help="stop after this much training time (a time budget; the last epoch is saved)")
     s.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None,
                    help="generator steps per epoch (default ceil(images / batch), at least 20)")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: one per core; use fewer when the cores are shared)")
     s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="auto: bf16 autocast on GPUs, fp32 on CPUs")
     s.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,

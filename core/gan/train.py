@@ -45,7 +45,7 @@ CUDA_GRAPH_WARMUP = 3        # eager steps on a side stream before capture (opti
 STAT_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "wasserstein", "gp")
 PRECISIONS = ("auto", "fp32", "bf16")
 # fields that may change when resuming; every other field must match the checkpoint
-RESUMABLE_FIELDS = ("epochs", "max_steps", "device", "precision", "cuda_graph", "log_every", "max_abs_loss")
+RESUMABLE_FIELDS = ("epochs", "max_steps", "max_seconds", "device", "threads", "precision", "cuda_graph", "log_every", "max_abs_loss")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class GanConfig:
     batch: int = 64                    # images per D batch and per G batch
     epochs: int | None = 25            # stop after this many epochs (None: max_steps alone decides)
     max_steps: int | None = None       # stop after this many generator steps (the first limit reached wins)
+    max_seconds: float | None = None   # stop after this much training time in this run (a time budget)
     steps_per_epoch: int | None = None # generator steps per epoch; None: ceil(images / batch), at least 20
     nz: int = 100                      # length of the noise vector z
     width: int = 64                    # base channel count of G and D (64 = the paper's ngf/ndf)
@@ -66,7 +67,11 @@ class GanConfig:
     n_critic: int | None = None        # critic updates per generator update; None: the variant's
     seed: int = 0                      # seeds weights, batches, noise and augmentation
     device: str = "auto"               # "auto" (cuda if present), "cpu", "cuda" or "cuda:N"
-    precision: str = "auto"            # "auto": bf16 autocast on GPUs, fp32 on CPUs; or "fp32" / "bf16"
+    threads: int | None = None         # CPU threads for this process; None: torch's default (one per core).
+                                       # Fewer when the cores are shared (two jobs, a busy server).
+    precision: str = "auto"            # "auto": bf16 autocast on GPUs and on CPUs with native bf16 (AMX /
+                                       # AVX512-BF16), else fp32; or "fp32" / "bf16" (mixed precision:
+                                       # fp32 weights, optimiser state and losses)
     cuda_graph: bool = False           # GPU only: capture the whole D+G step in one CUDA graph
     log_every: int = 10                # read the losses from the device every N steps (one sync)
     grid_size: int = 64                # fixed-noise images in each epoch's sample grid
@@ -79,12 +84,14 @@ class GanConfig:
             raise ValueError(f"resolution={self.resolution}: choose one of {', '.join(map(str, RESOLUTIONS))} px.")
         if not 2 <= self.batch <= 4096:
             raise ValueError(f"batch={self.batch}: choose between 2 and 4096 (batch norm needs at least 2).")
-        if self.epochs is None and self.max_steps is None:
-            raise ValueError("epochs and max_steps are both unset: give at least one of them.")
+        if self.epochs is None and self.max_steps is None and self.max_seconds is None:
+            raise ValueError("epochs, max_steps and max_seconds are all unset: give at least one of them.")
         if self.epochs is not None and not 1 <= self.epochs <= 100_000:
             raise ValueError(f"epochs={self.epochs}: choose between 1 and 100000.")
         if self.max_steps is not None and not 1 <= self.max_steps <= 10_000_000:
             raise ValueError(f"max_steps={self.max_steps}: choose between 1 and 10000000.")
+        if self.max_seconds is not None and not 1 <= self.max_seconds <= 30 * 86400:
+            raise ValueError(f"max_seconds={self.max_seconds}: choose between 1 s and 30 days.")
         if self.steps_per_epoch is not None and not 1 <= self.steps_per_epoch <= 1_000_000:
             raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: choose between 1 and 1000000 (or None).")
         if not 1 <= self.nz <= 1024:
@@ -103,6 +110,8 @@ class GanConfig:
             raise ValueError(f"n_critic={self.n_critic}: choose between 1 and 100, or None for the variant's.")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ValueError(f"threads={self.threads}: choose between 1 and 1024, or None for torch's default.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
         if not 1 <= self.log_every <= 10_000:
@@ -222,8 +231,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix maths runs natively here (every CUDA GPU we target; AMX or AVX512-BF16 CPUs)."""
+    if device.type == "cuda":
+        return True
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
 def plan_steps(n_images: int, config: GanConfig) -> tuple[int, int]:
-    """(steps per epoch, total steps) for ``n_images`` training images."""
+    """(steps per epoch, total steps) for ``n_images`` training images (a time budget may stop earlier)."""
     spe = config.steps_per_epoch or max(math.ceil(n_images / config.batch), MIN_STEPS_PER_EPOCH)
     total = min(config.epochs * spe if config.epochs else 2**62, config.max_steps or 2**62)
     return spe, total
@@ -280,7 +297,7 @@ class GanTrainer:
         self.variant = config.spec
         self.n_critic = config.effective_n_critic
         self.device = resolve_device(config.device)
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
         if self.variant.critic_norm not in NORMS:
             raise ValueError(f"variant {self.variant.name}: critic_norm {self.variant.critic_norm!r} is not one of {NORMS}.")
         n_classes = len(config.classes) if config.conditional else 0
@@ -299,7 +316,11 @@ class GanTrainer:
         self.data_fingerprint = fingerprint(cpu_images, cpu_labels)
         self.steps_per_epoch, self.total_steps = plan_steps(self.n_images, config)
 
+        if config.threads:
+            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels once
         cl = torch.channels_last
         self.data = cpu_images.to(self.device).contiguous(memory_format=cl)          # uint8 (N, 1, R, R)
         self.labels = cpu_labels.to(self.device) if cpu_labels is not None else None  # long (N,) or None
@@ -581,10 +602,12 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
         return GanResult(state, message, trainer.step, epoch, total, last_ckpt, round(rate(), 2),
                          round(time.perf_counter() - t0, 3), metrics, trainer.graph is not None, trainer.notes)
 
+    deadline = t0 + config.max_seconds if config.max_seconds else math.inf
     while trainer.step < total:
         trainer.train_step()
         step = trainer.step
-        end_of_epoch = step % spe == 0 or step >= total
+        out_of_time = time.perf_counter() >= deadline
+        end_of_epoch = step % spe == 0 or step >= total or out_of_time
         if step % config.log_every == 0 or end_of_epoch:
             fresh = trainer.read_stats()
             if fresh:
@@ -604,5 +627,8 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
             last_ckpt = ckpt
             if on_epoch:
                 on_epoch(EpochReport(epoch, step, total, grid, grid_path, ckpt, metrics))
+        if out_of_time:
+            return finish("finished", f"trained {trainer.step} steps ({epoch} epochs) of {config.variant} at "
+                                      f"{config.resolution} px: the time budget of {config.max_seconds:g} s ran out.")
     return finish("finished", f"trained {trainer.step} steps ({epoch} epochs) of {config.variant} "
                               f"at {config.resolution} px.")
