@@ -425,6 +425,36 @@ def test_cli_train_gan_and_generate_on_the_phantom(small_phantom, tmp_path, caps
     assert gen["ok"] and gen["source"] == f"gan:{summary['run_id']}" and gen["classes"] == {"No finding": 3}
 
 
+def test_cli_sigterm_cancels_with_status_and_a_killed_run(small_phantom, tmp_path):
+    import os
+    import signal
+    import time
+
+    from core.tracking import client
+
+    out = tmp_path / "job"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train-gan", "--data", str(small_phantom.root),
+                             "--resolution", "32", "--batch", "8", "--width", "8", "--nz", "16", "--class",
+                             "No finding", "--max-steps", "100000", "--log-every", "1", "--threads", "1",
+                             "--device", "cpu", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ})
+    deadline = time.monotonic() + 90
+    status = {}
+    while time.monotonic() < deadline and not (status.get("state") == "running" and status.get("step", 0) > 0):
+        time.sleep(0.2)
+        try:
+            status = json.loads((out / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stdout
+    assert "cancelled" in json.loads(stdout.strip().splitlines()[-1])["error"]
+    final = json.loads((out / "status.json").read_text())
+    assert final["state"] == "cancelled" and final["step"] > 0
+    assert client().get_run(final["run_id"]).info.status == "KILLED"
+
+
 def test_cli_rejects_unknown_class(small_phantom, tmp_path, capsys):
     from core.cli import main
 

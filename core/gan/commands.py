@@ -208,12 +208,12 @@ def cmd_train_gan(args) -> dict:
                                resume=bool(job["resume"]), meta=meta)
             for note in result.notes:
                 log(f"  note: {note}")
-            run.set_tags({"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
+            tracked(run.set_tags, {"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
             if result.state == "diverged":
                 status.update(force=True, state="diverged", message=result.message, step=result.step)
                 raise GanDiverged(result.message)   # the run ends FAILED, the CLI exits 2
             if result.checkpoint is not None:
-                run.log_artifact(result.checkpoint, "checkpoint")
+                tracked(run.log_artifact, result.checkpoint, "checkpoint")
     except KeyboardInterrupt:
         status.update(force=True, state="cancelled", message="cancelled")
         raise ValueError(f"train-gan cancelled at step {status.fields['step']}; "
