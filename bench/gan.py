@@ -31,21 +31,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "bench" / "reference_dcgan.py"
+# the baseline lives beside the repository (../shared/bench); a machine with a copy elsewhere passes --reference
+REFERENCE_CANDIDATES = (ROOT.parent / "shared" / "bench" / "reference_dcgan.py",
+                        ROOT / "shared" / "bench" / "reference_dcgan.py")
 TARGET = 1.5
 TIMING_MARKER = "for _ in range(a.warmup):"   # where the reference's own timing loop starts
 
 
-def load_reference(batch: int, device: str) -> dict:
+def load_reference(path: Path, batch: int, device: str) -> dict:
     """Run the reference file up to its timing loop; return its namespace (with ``step``)."""
-    source = REFERENCE.read_text()
+    source = path.read_text()
     if TIMING_MARKER not in source:
-        raise SystemExit(f"{REFERENCE}: cannot find its timing loop ({TIMING_MARKER!r}); update bench/gan.py.")
-    namespace = {"__name__": "reference_dcgan", "__file__": str(REFERENCE)}
+        raise SystemExit(f"{path}: cannot find its timing loop ({TIMING_MARKER!r}); update bench/gan.py.")
+    namespace = {"__name__": "reference_dcgan", "__file__": str(path)}
     argv = sys.argv
-    sys.argv = [str(REFERENCE), "--channels", "1", "--batch", str(batch), "--device", device]
+    sys.argv = [str(path), "--channels", "1", "--batch", str(batch), "--device", device]
     try:
-        exec(compile(source[:source.index(TIMING_MARKER)], str(REFERENCE), "exec"), namespace)
+        exec(compile(source[:source.index(TIMING_MARKER)], str(path), "exec"), namespace)
     finally:
         sys.argv = argv
     return namespace
@@ -61,6 +63,8 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=None, help="steps per turn (default 3 on CPU, 50 on GPU)")
     p.add_argument("--rounds", type=int, default=None, help="turns per contender (default 9 on CPU, 7 on GPU)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first (the reference's default)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="reference_dcgan.py (default: ../shared/bench/ beside the repository, or ./shared/bench/)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for BOTH contenders (default: torch's, one per core)")
     a = p.parse_args()
@@ -79,7 +83,11 @@ def main() -> None:
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     load0 = os.getloadavg()[0]
 
-    ref = load_reference(a.batch, a.device)
+    reference = a.reference or next((c for c in REFERENCE_CANDIDATES if c.is_file()), None)
+    if reference is None or not reference.is_file():
+        raise SystemExit(f"reference_dcgan.py not found (looked in {', '.join(map(str, REFERENCE_CANDIDATES))}); "
+                         f"pass --reference PATH.")
+    ref = load_reference(reference, a.batch, a.device)
     contenders = {"reference": ref["step"]}
     trainers = {}
     torch.manual_seed(0)

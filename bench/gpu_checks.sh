@@ -3,8 +3,10 @@
 # torchvision: no pandas, mlflow, streamlit or scipy on the GPU box.
 #   1. smoke: every variant trains on the GPU, eagerly and as a CUDA graph (conditional + DiffAugment
 #      for DCGAN), with finite losses, a checkpoint, a resume, and the graph really in use;
-#   2. speed: bench/gan.py at batch 64 and 256 (reference fp32 step vs ours, eager bf16 and CUDA-graphed bf16).
-# Usage: bash bench/gpu_checks.sh        (PYTHON=... to pick the interpreter)
+#   2. speed: bench/gan.py at batch 64 and 256, in-process turns: the reference fp32 step vs ours in fp32,
+#      eager bf16 and CUDA-graphed bf16 (the last line of each is the graph ratio).
+# Usage: bash bench/gpu_checks.sh        (PYTHON=... picks the interpreter; REFERENCE=... the path of
+#        reference_dcgan.py when it is not in ../shared/bench/ or ./shared/bench/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -49,6 +51,7 @@ for variant in ("dcgan", "wgan", "wgan-gp"):
 print("gpu smoke:", "all ok" if not failures else f"FAILED {failures}", flush=True)
 EOF
 
-$PY bench/gan.py --device cuda --batch 64 --iters 300 --repeats 3
-$PY bench/gan.py --device cuda --batch 256 --iters 150 --repeats 3
+REF=${REFERENCE:+--reference $REFERENCE}
+$PY bench/gan.py --device cuda --batch 64 --rounds 7 --burst 50 $REF
+$PY bench/gan.py --device cuda --batch 256 --rounds 7 --burst 30 $REF
 echo "gpu_checks: $(( $(date +%s) - start )) s"
