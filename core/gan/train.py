@@ -543,9 +543,9 @@ class GanTrainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{where}: weights do not fit the networks ({str(e)[:200]}); "
                                   f"the checkpoint is damaged or from another configuration.") from e
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())  # map_location may have moved it
         if self.device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.step = int(state["step"])
         return int(state.get("epoch", 0))
 
