@@ -18,6 +18,7 @@ command line win), so a job runner can launch ``python -m core train-gan --confi
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -279,8 +280,8 @@ def register(sub) -> None:
                    help="CPU threads (default: one per core; use fewer when the cores are shared)")
     s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="auto: bf16 autocast on GPUs, fp32 on CPUs")
-    s.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
-                   help="GPU: capture the whole D+G step in one CUDA graph")
+    s.add_argument("--cuda-graph", dest="cuda_graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU: capture the whole D+G step in one CUDA graph and replay it (default on)")
     s.add_argument("--diffaug", action="store_true", default=None, help="DiffAugment (translation + cutout)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's)")
     s.add_argument("--n-critic", dest="n_critic", type=int, default=None, help="critic steps per G step (default: the variant's)")
