@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.cli import log, progress_printer
+from core.jobs import write_json_atomic
 
 STATUS_FILE = "status.json"
 STATUS_EVERY_S = 2.0
@@ -37,12 +38,6 @@ JOB_KEYS = ("data", "out", "resume", "class")
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def read_status(out: str | Path) -> dict | None:
