@@ -7,6 +7,9 @@
   ``medaug.code_version`` (the git commit, ``-dirty`` when the tree has changes).
 - Metrics always carry ``step=`` and are buffered into ``log_batch`` calls (each call costs
   about 20 ms on SQLite), flushed every ``flush_every`` metrics or seconds and at the end.
+- A store that cannot be reached fails fast at the start (:func:`check_store`); one lost
+  mid-run never stops the job: data is queued, retried and, if the store is still gone at
+  the end, saved to disk for ``python -m core tracking-replay`` (:class:`Run`).
 
 mlflow is imported here only; ``core.gan`` and ``core.classify`` reach it through callbacks.
 """
@@ -18,7 +21,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,10 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 _READY_STORES: set[str] = set()
+# MLflow's own defaults retry a failed request 7 times with growing back-off and wait 120 s
+# for an answer: minutes per call while a server is down. Ours (the user's environment wins):
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def client():
@@ -103,6 +110,9 @@ def client():
     from mlflow import MlflowClient
 
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():   # a lost server must not stall a job for minutes
+            os.environ.setdefault(name, value)
     if uri in _READY_STORES or not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     import fcntl
@@ -135,16 +145,110 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
         return exp.experiment_id
 
 
-class Run:
-    """A started MLflow run. Use through :func:`start_run`."""
+class StoreUnavailable(ValueError):
+    """The tracking store cannot be reached; the message names it and says what to do."""
 
-    def __init__(self, mlflow_client, run_id: str, flush_every: int = 200, flush_seconds: float = 5.0):
+
+def check_store(timeout_s: float = 3.0) -> None:
+    """Fail fast, within about ``timeout_s``, when the store cannot be used.
+
+    A tracking server (``http(s)://``) must answer at all (any HTTP status counts: only a
+    refused connection, a bad host or a timeout mean it is gone); a SQLite store's folder
+    must be writable. Raises :class:`StoreUnavailable`."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return   # it answered
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise StoreUnavailable(
+                f"The MLflow tracking server at {uri} cannot be reached ({reason}; waited up to {timeout_s:g} s). "
+                f"Start it (README: 'Team tracking server'), correct MLFLOW_TRACKING_URI, or unset "
+                f"MLFLOW_TRACKING_URI to use the local store in the workspace.") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(f"The MLflow store {uri} cannot be created ({e}); set MEDAUG_HOME to a "
+                                   f"writable folder or MLFLOW_TRACKING_URI to another store.") from None
+        if not os.access(folder, os.W_OK):
+            raise StoreUnavailable(f"The MLflow store folder {folder} is not writable; set MEDAUG_HOME to a "
+                                   f"writable folder or MLFLOW_TRACKING_URI to another store.")
+
+
+def spill_dir(run_id: str) -> Path:
+    """Where a run keeps what it could not send to an unreachable store (see :func:`replay`)."""
+    from core.workspace import workspace_dir
+
+    return workspace_dir("tracking-spill") / run_id
+
+
+class Run:
+    """A started MLflow run. Use through :func:`start_run`.
+
+    Logging never stops a job: when the store fails (a lost server, a locked database), the
+    run keeps metrics, tags and artifacts queued, reports the failure once through
+    ``on_error(message)``, retries every ``retry_s`` seconds, and reports again when the
+    store is back. What is still unsent when the run ends is written to :func:`spill_dir`,
+    and ``python -m core tracking-replay DIR`` sends it later. ``error`` holds the current
+    failure (None while healthy)."""
+
+    def __init__(self, mlflow_client, run_id: str, flush_every: int = 200, flush_seconds: float = 5.0,
+                 on_error: Callable[[str], None] | None = None, retry_s: float = 30.0):
         self.client = mlflow_client
         self.run_id = run_id
+        self.on_error = on_error or _print_error
+        self.retry_s = retry_s
+        self.error: str | None = None
         self._buffer: list = []
+        self._pending: list[tuple[str, tuple]] = []   # tags and artifacts waiting for the store
         self._flush_every = flush_every
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+        self._retry_at = 0.0
+
+    # -- failure handling -------------------------------------------------------------------
+
+    def _failed(self, what: str, e: Exception) -> None:
+        first = self.error is None
+        self.error = f"{what} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        self._retry_at = time.monotonic() + self.retry_s
+        if first:
+            self.on_error(f"MLflow store {tracking_uri()} failed ({self.error}). Training goes on; "
+                          f"{len(self._buffer)} metric value(s) are queued and retried every {self.retry_s:g} s.")
+
+    def _recovered(self) -> None:
+        if self.error is not None:
+            self.error = None
+            self.on_error(f"MLflow store {tracking_uri()} is reachable again; queued tracking data sent.")
+
+    def _waiting(self) -> bool:
+        return self.error is not None and time.monotonic() < self._retry_at
+
+    def _send_pending(self) -> bool:
+        while self._pending:
+            kind, args = self._pending[0]
+            try:
+                getattr(self, "_do_" + kind)(*args)
+            except Exception as e:
+                self._failed(kind.replace("_", " "), e)
+                return False
+            self._pending.pop(0)
+        return True
+
+    def _call(self, kind: str, *args) -> None:
+        """Run ``_do_<kind>(*args)`` now, or queue it while the store is failing."""
+        self._pending.append((kind, args))
+        if not self._waiting() and self._send_pending():
+            self._recovered()
+
+    # -- logging ----------------------------------------------------------------------------
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue metrics at ``step``; they are written in batches."""
@@ -155,43 +259,160 @@ class Run:
         if len(self._buffer) >= self._flush_every or time.monotonic() - self._last_flush > self._flush_seconds:
             self.flush()
 
-    def flush(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer[:_MAX_METRICS_PER_BATCH], self._buffer[_MAX_METRICS_PER_BATCH:]
-            self.client.log_batch(self.run_id, metrics=batch)
+    def flush(self, force: bool = False) -> bool:
+        """Send queued metrics, tags and artifacts; False if the store is failing (they stay queued).
+        While failing, only ``force`` tries before the retry time."""
         self._last_flush = time.monotonic()
+        if self._waiting() and not force:
+            return False
+        if not self._send_pending():
+            return False
+        while self._buffer:
+            batch = self._buffer[:_MAX_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as e:
+                self._failed("logging metrics", e)
+                return False
+            del self._buffer[:len(batch)]
+        self._recovered()
+        return True
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call("set_tags", {k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        self._call("log_artifact", str(local_path), artifact_path)
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        """A plotly (saved as interactive HTML) or matplotlib figure."""
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        """A plotly figure (saved as interactive HTML) or a matplotlib figure."""
+        self._call("log_figure", figure, artifact_file)
 
     def log_image(self, image, artifact_file: str) -> None:
-        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        self._call("log_image", image, artifact_file)
 
     def log_table(self, data, artifact_file: str) -> None:
-        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+        self._call("log_table", data, artifact_file)
 
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Callback form of :meth:`log_metrics` for trainers that must not import mlflow."""
         self.log_metrics(metrics, step)
 
+    def _do_set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _do_log_artifact(self, local_path: str, artifact_path: str | None) -> None:
+        self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+    def _do_log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def _do_log_image(self, image, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def _do_log_table(self, data, artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def _do_terminate(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    # -- the end of a run -------------------------------------------------------------------
+
+    def close(self, status: str) -> Path | None:
+        """Send everything and end the run with ``status``. If the store still fails, write
+        what is unsent to :func:`spill_dir` and return that folder (None when all was sent)."""
+        self._pending.append(("terminate", (status,)))
+        if self.flush(force=True):
+            return None
+        return self._spill()
+
+    def _spill(self) -> Path:
+        folder = spill_dir(self.run_id)
+        (folder / "files").mkdir(parents=True, exist_ok=True)
+        with open(folder / "metrics.jsonl", "a") as f:
+            for m in self._buffer:
+                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+        actions = []
+        for i, (kind, args) in enumerate(self._pending):
+            if kind in ("set_tags", "terminate", "log_artifact"):
+                actions.append({"kind": kind, "args": list(args)})
+                continue
+            obj, name = args      # a figure, image or table: keep it as a file to upload later
+            local = folder / "files" / f"{i:04d}" / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            _save_object(obj, local)
+            actions.append({"kind": "log_artifact", "args": [str(local), str(Path(name).parent).strip(".") or None]})
+        (folder / "pending.json").write_text(json.dumps({"run_id": self.run_id, "tracking_uri": tracking_uri(),
+                                                         "error": self.error, "actions": actions}, indent=1))
+        self.on_error(f"MLflow store {tracking_uri()} still fails at the end of run {self.run_id} ({self.error}). "
+                      f"{len(self._buffer)} metric value(s) and {len(actions)} other item(s) are saved in {folder}; "
+                      f"send them when the store is back: python -m core tracking-replay {folder}")
+        return folder
+
+
+def _print_error(message: str) -> None:
+    import sys
+
+    print(f"tracking: {message}", file=sys.stderr, flush=True)
+
+
+def _save_object(obj, path: Path) -> None:
+    """A plotly/matplotlib figure, an image array/PIL image or a table (dict / DataFrame) as a file."""
+    if hasattr(obj, "write_html"):
+        obj.write_html(str(path))
+    elif hasattr(obj, "savefig"):
+        obj.savefig(str(path))
+    elif hasattr(obj, "to_json"):
+        obj.to_json(str(path), orient="split")
+    elif isinstance(obj, Mapping):
+        path.write_text(json.dumps(obj, default=str))
+    else:
+        from PIL import Image
+
+        (obj if hasattr(obj, "save") else Image.fromarray(obj)).save(str(path))
+
+
+def replay(folder: str | Path) -> dict:
+    """Send what a run saved in :func:`spill_dir` while its store was unreachable; the folder
+    is removed once everything is in the store."""
+    import shutil
+
+    from mlflow.entities import Metric
+
+    folder = Path(folder)
+    try:
+        pending = json.loads((folder / "pending.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder}: not a tracking spill folder ({e}); it is written by a run whose store "
+                         f"failed, under {spill_dir('RUN_ID').parent}.") from None
+    metrics = []
+    if (folder / "metrics.jsonl").is_file():
+        metrics = [Metric(**json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+    run = Run(client(), pending["run_id"], on_error=lambda message: None)
+    run._buffer = metrics
+    run._pending = [(a["kind"], tuple(a["args"])) for a in pending["actions"]]
+    if not run.flush(force=True):
+        raise StoreUnavailable(f"{folder}: the store {tracking_uri()} still fails ({run.error}); nothing was removed.")
+    shutil.rmtree(folder)
+    return {"run_id": pending["run_id"], "metrics": len(metrics), "items": len(pending["actions"])}
+
 
 @contextmanager
 def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = None,
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
-              experiment: str = DEFAULT_EXPERIMENT) -> Iterator[Run]:
+              experiment: str = DEFAULT_EXPERIMENT,
+              on_error: Callable[[str], None] | None = None) -> Iterator[Run]:
     """Start a run of job ``kind``, log ``config`` once as params and the standard tags,
-    and end it FINISHED (or FAILED if the body raises, or KILLED on Ctrl-C)."""
+    and end it FINISHED (or FAILED if the body raises, or KILLED on Ctrl-C).
+
+    A store that cannot be reached at the start raises :class:`StoreUnavailable` within a
+    few seconds. Once the run has started, store failures never raise: they go to
+    ``on_error(message)`` (default: stderr) and the data waits (see :class:`Run`)."""
     from mlflow.entities import Param
 
+    check_store()
     c = client()
     all_tags = {TAG_KIND: kind, TAG_CODE_VERSION: code_version(), **(tags or {})}
     if dataset is not None:
@@ -201,7 +422,7 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
         all_tags["mlflow.parentRunId"] = parent_run_id
     mlrun = c.create_run(experiment_id(experiment), run_name=run_name,
                          tags={k: str(v) for k, v in all_tags.items()})
-    run = Run(c, mlrun.info.run_id)
+    run = Run(c, mlrun.info.run_id, on_error=on_error)
     params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
     for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
         c.log_batch(run.run_id, params=params[i:i + _MAX_PARAMS_PER_BATCH])
@@ -215,10 +436,7 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
         status = "FAILED"
         raise
     finally:
-        try:
-            run.flush()
-        finally:
-            c.set_terminated(run.run_id, status=status)
+        run.close(status)
 
 
 # --- reading runs back (pages, reports) ----------------------------------------------------
@@ -256,3 +474,19 @@ def search_runs(kind: str | None = None, max_results: int = 200, experiment: str
     filter_string = f"tags.`{TAG_KIND}` = '{kind}'" if kind else ""
     return c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results,
                          order_by=["attributes.start_time DESC"])
+
+
+# --- command line ------------------------------------------------------------------------
+
+def _cmd_replay(args) -> dict:
+    done = replay(args.folder)
+    print(f"Sent {done['metrics']} metric value(s) and {done['items']} other item(s) to run {done['run_id']}.")
+    return done
+
+
+def register(sub) -> None:
+    s = sub.add_parser("tracking-replay", help="send what a run saved while its MLflow store was unreachable",
+                       description="A run whose store failed keeps training and saves what it could not send "
+                                   "under <workspace>/tracking-spill/RUN_ID. Send it once the store is back.")
+    s.add_argument("folder", help="the spill folder a run reported")
+    s.set_defaults(func=_cmd_replay)

@@ -119,3 +119,95 @@ def test_two_processes_opening_a_fresh_store_at_once(tmp_path):
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in results]
+
+
+# --- a store that fails mid-run --------------------------------------------------------------
+
+class FlakyClient:
+    """Wraps a real MlflowClient; every call raises while ``down`` is set (a lost server)."""
+
+    def __init__(self, real):
+        self.real, self.down, self.calls = real, False, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.real, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls += 1
+            if self.down:
+                raise ConnectionError("Connection refused (the test's lost server)")
+            return attr(*args, **kwargs)
+        return call
+
+
+def test_store_failure_mid_run_queues_reports_and_recovers(monkeypatch):
+    messages: list[str] = []
+    with tracking.start_run("test-kind", {"a": 1}, on_error=messages.append) as run:
+        flaky = FlakyClient(run.client)
+        run.client, run.retry_s = flaky, 0.0
+        run.log_metrics({"loss": 1.0}, step=0)
+        flaky.down = True
+        for step in range(1, 4):          # training goes on: nothing raises
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            run.flush()
+        run.set_tags({"medaug.test.tag": "x"})
+        assert run.error and "Connection refused" in run.error
+        assert len(messages) == 1 and "Training goes on" in messages[0] and "queued" in messages[0]
+        flaky.down = False
+        run.log_metrics({"loss": 0.1}, step=4)
+        assert run.flush() and run.error is None
+        assert "reachable again" in messages[-1]
+    r = tracking.client().get_run(run.run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["medaug.test.tag"] == "x"
+    steps = sorted(m.step for m in tracking.client().get_metric_history(run.run_id, "loss"))
+    assert steps == [0, 1, 2, 3, 4]     # nothing was lost
+
+
+def test_store_lost_until_the_end_spills_and_replays(tmp_path):
+    import plotly.graph_objects as go
+
+    messages: list[str] = []
+    artifact = tmp_path / "grid.txt"
+    artifact.write_text("epoch grid")
+    with tracking.start_run("test-kind", {"a": 1}, on_error=messages.append) as run:
+        flaky = FlakyClient(run.client)
+        run.client = flaky
+        flaky.down = True
+        for step in range(3):
+            run.log_metrics({"loss": float(step)}, step=step)
+        run.flush()
+        run.log_artifact(artifact, "grids")
+        run.log_figure(go.Figure(go.Scatter(y=[1, 2])), "charts/curve.html")
+    folder = tracking.spill_dir(run.run_id)
+    assert (folder / "pending.json").is_file() and "tracking-replay" in messages[-1] and str(folder) in messages[-1]
+    assert tracking.client().get_run(run.run_id).info.status == "RUNNING"   # the end never reached the store
+    from core.cli import main
+    assert main(["tracking-replay", str(folder)]) == 0
+    c = tracking.client()
+    r = c.get_run(run.run_id)
+    assert r.info.status == "FINISHED" and not folder.exists()
+    assert sorted(m.step for m in c.get_metric_history(run.run_id, "loss")) == [0, 1, 2]
+    assert tracking.list_artifacts(run.run_id, "grids") == ["grids/grid.txt"]
+    assert tracking.list_artifacts(run.run_id, "charts") == ["charts/curve.html"]
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:          # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(tracking.StoreUnavailable, match=f"127.0.0.1:{port} cannot be reached.*MLFLOW_TRACKING_URI"):
+        with tracking.start_run("test-kind", {"a": 1}):
+            pass
+    assert time.monotonic() - t0 < 5
+
+
+def test_replay_refuses_a_folder_that_is_not_a_spill(tmp_path):
+    with pytest.raises(ValueError, match="not a tracking spill folder"):
+        tracking.replay(tmp_path)

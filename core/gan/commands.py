@@ -160,24 +160,19 @@ def cmd_train_gan(args) -> dict:
                 "medaug.gan.conditional": conditional, "medaug.out": str(out)}
         if resume_from:
             tags["medaug.resumed_from"] = resume_from
-        with start_run("train-gan", params, dataset=ds, tags=tags,
+        def tracking_trouble(message: str) -> None:   # a lost store must not kill hours of training
+            log(f"  tracking: {message}")
+            status.update(force=True, warning=None if "reachable again" in message else message)
+
+        with start_run("train-gan", params, dataset=ds, tags=tags, on_error=tracking_trouble,
                        run_name=f"{config.variant} {job['class'] or ('conditional' if conditional else 'all')} "
                                 f"{config.resolution}px") as run:
             status.update(force=True, state="running", message="training", run_id=run.run_id)
 
             t_train = time.monotonic()
 
-            def tracked(call, *args) -> None:
-                """MLflow trouble (a busy or unreachable store) must not kill hours of training."""
-                try:
-                    call(*args)
-                except Exception as e:
-                    if not status.fields.get("warning"):
-                        log(f"  warning: MLflow logging failed ({type(e).__name__}: {str(e)[:200]}); training goes on")
-                    status.update(warning=f"MLflow logging failed: {type(e).__name__}: {str(e)[:300]}")
-
             def on_step(step: int, metrics: dict) -> None:
-                tracked(run.log_metrics, metrics, step)
+                run.log_metrics(metrics, step)
                 rate = metrics.get("img_per_s") or 0.0
                 eta = (total - step) * config.batch / rate if rate > 0 else None
                 if config.max_seconds:   # a time budget may end the run first
@@ -193,8 +188,8 @@ def cmd_train_gan(args) -> dict:
                     next_log[0] = time.monotonic() + 10.0
 
             def on_epoch(report) -> None:
-                tracked(run.log_artifact, report.grid_path, "grids")
-                tracked(run.log_metrics, {"epoch": report.epoch}, report.step)
+                run.log_artifact(report.grid_path, "grids")
+                run.log_metrics({"epoch": report.epoch}, report.step)
                 status.update(force=True, step=report.step, epoch=report.epoch, grid=str(report.grid_path),
                               checkpoint=str(report.checkpoint))
 
@@ -204,12 +199,12 @@ def cmd_train_gan(args) -> dict:
                                resume=bool(job["resume"]), meta=meta)
             for note in result.notes:
                 log(f"  note: {note}")
-            tracked(run.set_tags, {"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
+            run.set_tags({"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
             if result.state == "diverged":
                 status.update(force=True, state="diverged", message=result.message, step=result.step)
                 raise GanDiverged(result.message)   # the run ends FAILED, the CLI exits 2
             if result.checkpoint is not None:
-                tracked(run.log_artifact, result.checkpoint, "checkpoint")
+                run.log_artifact(result.checkpoint, "checkpoint")
     except KeyboardInterrupt:
         status.update(force=True, state="cancelled", message="cancelled")
         raise ValueError(f"train-gan cancelled at step {status.fields['step']}; "
