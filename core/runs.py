@@ -220,6 +220,15 @@ def get_runs(run_ids: Iterable[str]) -> pd.DataFrame:
     return _frame(rows)
 
 
+def children_of(run_id: str) -> list[str]:
+    """Run ids of the (active) children of a run, oldest first."""
+    c = tracking.client()
+    parent = c.get_run(run_id)
+    found = c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'",
+                          max_results=10_000, order_by=["attributes.start_time ASC"])
+    return [r.info.run_id for r in found]
+
+
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     """run id -> a short unique label, the name with the id's first characters."""
     return {rid: f"{name} ({rid[:6]})" for rid, name in zip(runs["run_id"], runs["name"])}
