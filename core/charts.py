@@ -82,3 +82,32 @@ def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None)
     fig.update_xaxes(title_text="epoch" if steps_per_epoch else "generator step", row=2, col=1)
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15))
     return fig
+
+
+# --- runs / reports -------------------------------------------------------------------------
+
+def run_color(i: int) -> str:
+    """Colour of the i-th compared run (grey, the first palette entry, is left out)."""
+    return PALETTE[1 + i % (len(PALETTE) - 1)]
+
+
+def run_curves_figure(curves: pd.DataFrame, key: str, x: str = "step", title: str | None = None):
+    """One metric's curves of several runs overlaid, from core.runs.curves' long table
+    (run, key, step, epoch, value); ``x`` is "step" or "epoch"."""
+    import plotly.graph_objects as go
+
+    if x not in ("step", "epoch"):
+        raise ValueError(f"x must be 'step' or 'epoch', got {x!r}.")
+    fig = go.Figure()
+    order = {run: i for i, run in enumerate(dict.fromkeys(curves["run"]))}  # a run keeps its colour in every chart
+    data = curves[curves["key"] == key]
+    for run, g in data.groupby("run", sort=False):
+        i = order[run]
+        g = g.sort_values("step")
+        fig.add_scatter(x=g[x], y=g["value"], mode="lines+markers" if len(g) < 30 else "lines", name=run,
+                        line={"color": run_color(i), "width": 2}, marker={"size": 5},
+                        hovertemplate=f"{run}<br>{x} %{{x:.4g}}<br>{key} %{{y:.5g}}<extra></extra>")
+    fig.update_layout(title=title or key, xaxis_title=x, yaxis_title=key, height=380,
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10}, legend={"orientation": "h", "y": -0.2},
+                      hovermode="closest")
+    return fig
