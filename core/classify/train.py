@@ -1,0 +1,574 @@
+"""One classifier trainer for every network in :data:`core.classify.models.MODELS`.
+
+``train_classifier(config, train, val, test, class_names)`` trains on in-memory uint8 images,
+keeps the weights with the best VALIDATION macro-F1 (early stopping with ``patience``), and
+evaluates them once on the untouched TEST split (:func:`core.classify.evaluate.evaluate`).
+
+The data: ``train``/``val``/``test`` are ``(images, labels)`` with uint8 images (N, H, W) (numpy
+or torch; resized once to the model's input size if they differ) and class indices (N,). The
+trainer applies NO augmentation (no random flips or crops): the study compares augmentation
+sets, so the caller passes an already-augmented training array.
+
+One epoch: a seeded permutation of the training indices (or a class-balanced draw with
+replacement, ``balance="sampler"``) is cut into batches; each step gathers its batch from the
+uint8 tensor on the device, normalises it with the training set's mean and std, and does one
+AdamW update (cross-entropy, optionally class-weighted; plus the auxiliary heads' losses for
+Inception-v3 and GoogLeNet). Then validation, an atomic checkpoint and ``on_epoch``.
+
+Speed without changing the maths: data on the device as uint8 and batches by index (no
+DataLoader, no per-item Python), channels_last, fused AdamW, losses and accuracies summed on
+the device and read once per epoch (or every ``log_every`` steps when ``on_step`` is given),
+``torch.inference_mode`` for evaluation, and bf16 autocast where it is faster (see
+:func:`use_bf16`).
+
+Determinism: batch order comes from a generator seeded by (seed, epoch) and dropout from the
+global torch RNG, saved in each checkpoint, so on a CPU the same seed gives the same metrics
+and a resumed run equals an uninterrupted one.
+
+DDP (not implemented here; the single points to change): :func:`_rank_world`,
+:func:`_wrap_model`, :func:`epoch_indices` (``rank``/``world_size`` shard) and the
+``main_process`` guards around checkpoints and callbacks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.classify.evaluate import evaluate, macro_f1
+from core.classify.models import build_model, input_size, model_spec
+
+# generic helpers of the GAN trainer (device, bf16 capability, uint8 tensors, atomic save); they
+# hold nothing GAN-specific and could move to a shared module
+from core.gan.train import images_to_tensor, native_bf16, resolve_device, save_checkpoint
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FORMAT = "medaug-classifier-checkpoint/1"
+MODEL_FORMAT = "medaug-classifier-model/1"
+BALANCES = ("none", "weighted_loss", "sampler")
+PRECISIONS = ("auto", "fp32", "bf16")
+# fields that may change when resuming; every other field must match the checkpoint
+RESUMABLE_FIELDS = ("epochs", "patience", "device", "precision", "threads", "max_seconds", "log_every",
+                    "eval_batch_size", "n_boot")
+# bf16 autocast on CPUs: measured by bench/classify.py on this project's 2-core Xeon (AMX): see use_bf16
+CPU_BF16_AUTO = False
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    model: str = "small_cnn"          # key of core.classify.models.MODELS
+    image_size: int = 64              # input side in px (Inception-v3 always uses 299)
+    epochs: int = 30                  # most epochs; early stopping may end sooner
+    batch_size: int = 32              # images per training step
+    lr: float = 1e-3                  # AdamW learning rate
+    weight_decay: float = 1e-4        # AdamW decoupled weight decay
+    seed: int = 0                     # seeds weights, batch order, dropout and the label shuffle
+    balance: str = "none"             # "none", "weighted_loss" (loss weights n / (K n_c)) or
+                                      # "sampler" (each class drawn equally often, with replacement)
+    patience: int | None = 8          # stop after this many epochs without a better val macro-F1; None: never
+    device: str = "auto"              # "auto" (cuda if present), "cpu", "cuda" or "cuda:N"
+    precision: str = "auto"           # "auto": bf16 autocast on GPUs (and on CPUs where measured faster:
+                                      # CPU_BF16_AUTO); "fp32"; or "bf16" (fp32 weights, bf16 maths)
+    weights_path: str | None = None   # local pretrained state dict (weights_only load); None: random init
+    aux_logits: bool | None = None    # GoogLeNet's auxiliary heads (default off); Inception-v3 always on
+    threads: int | None = None        # CPU threads for this process; None: torch's default
+    shuffle_labels: bool = False      # the honesty control: train on permuted training labels
+    max_seconds: float | None = None  # time budget of the training loop (checked after each epoch)
+    log_every: int = 20               # with on_step: read the running loss every N steps (one host sync)
+    eval_batch_size: int = 256        # images per forward pass in validation and test
+    n_boot: int = 1000                # bootstrap replicates for the test confidence intervals
+
+    def __post_init__(self):
+        spec = model_spec(self.model)   # ValueError naming the choices
+        if not isinstance(self.image_size, int) or not spec.min_size <= self.image_size <= 1024 \
+                and spec.fixed_size is None:
+            raise ValueError(f"image_size={self.image_size!r}: {self.model} trains at {spec.min_size} to 1024 px "
+                             f"(it is meant for {spec.default_size} px).")
+        if not isinstance(self.epochs, int) or not 1 <= self.epochs <= 10_000:
+            raise ValueError(f"epochs={self.epochs!r}: choose between 1 and 10000.")
+        if not isinstance(self.batch_size, int) or not 2 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size={self.batch_size!r}: choose between 2 and 4096 (batch norm needs 2).")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1.0):
+            raise ValueError(f"lr={self.lr!r}: choose a learning rate in (0, 1] (1e-3 is a good start for AdamW).")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay <= 1.0):
+            raise ValueError(f"weight_decay={self.weight_decay!r}: choose between 0 and 1.")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance={self.balance!r}: choose one of {', '.join(BALANCES)}.")
+        if self.patience is not None and not (isinstance(self.patience, int) and 1 <= self.patience <= 10_000):
+            raise ValueError(f"patience={self.patience!r}: choose at least 1 epoch, or None for no early stopping.")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ValueError(f"threads={self.threads}: choose between 1 and 1024, or None for torch's default.")
+        if self.max_seconds is not None and not 1 <= self.max_seconds <= 30 * 86400:
+            raise ValueError(f"max_seconds={self.max_seconds}: choose between 1 s and 30 days.")
+        if not 1 <= self.log_every <= 100_000:
+            raise ValueError(f"log_every={self.log_every}: choose between 1 and 100000 steps.")
+        if not 1 <= self.eval_batch_size <= 65_536:
+            raise ValueError(f"eval_batch_size={self.eval_batch_size}: choose between 1 and 65536.")
+        if not 0 <= self.n_boot <= 100_000:
+            raise ValueError(f"n_boot={self.n_boot}: choose between 0 (no intervals) and 100000.")
+        if self.weights_path is not None and not Path(self.weights_path).expanduser().is_file():
+            raise ValueError(f"weights_path={self.weights_path!r}: no such file; give a saved state dict "
+                             f"or leave it empty for random weights.")
+
+    @property
+    def input_size(self) -> int:
+        return input_size(self.model, self.image_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: Mapping) -> ClassifierConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown classifier config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+        return cls(**fields)
+
+
+@dataclass
+class ClassifierResult:
+    state: str                       # "finished", "early_stopped", "time_budget", "stopped" or "diverged"
+    message: str                     # one readable sentence
+    history: list[dict]              # per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_macro_f1, ...
+    metrics: dict                    # evaluate() of the best-on-validation weights on the test split ({} if none)
+    best_epoch: int                  # 1-based epoch whose weights were tested (0: none)
+    seconds: float                   # wall time of this call
+    images_per_s: float              # training images per second in this call's training steps
+    class_names: list[str] = field(default_factory=list)
+    test_probs: np.ndarray | None = None   # (N_test, K) float32 probabilities of the tested weights
+    test_labels: np.ndarray | None = None  # (N_test,) int64
+    checkpoint: Path | None = None   # the last checkpoint (checkpoint_dir given)
+    model_path: Path | None = None   # the tested weights as a self-describing file (checkpoint_dir given)
+    precision: str = "fp32"          # what actually ran: "fp32" or "bf16"
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and says what to do."""
+
+
+StepCallback = Callable[[int, dict], None]
+EpochCallback = Callable[[int, dict], None]
+
+
+# --- small named rules ---------------------------------------------------------------------
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 autocast: always on GPUs with "auto"; on CPUs only if CPU_BF16_AUTO (bench/classify.py
+    measured it) and the CPU has native bf16 (AMX / AVX512-BF16), as core.gan does."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return CPU_BF16_AUTO and native_bf16(device)
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) until DDP lands (torchrun would set them)."""
+    return 0, 1
+
+
+def _wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The single place to wrap the network for DDP (DistributedDataParallel(model, ...))."""
+    return model
+
+
+def epoch_indices(n: int, labels: torch.Tensor, epoch: int, config: ClassifierConfig,
+                  rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Training indices of one epoch (CPU, int64), deterministic in (seed, epoch).
+
+    ``balance="sampler"`` draws n indices with replacement, each class equally likely;
+    otherwise a permutation. Under DDP each rank takes every ``world_size``-th index."""
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    if config.balance == "sampler":
+        counts = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).double()
+        weights = (1.0 / counts.clamp(min=1))[labels.cpu()]
+        idx = torch.multinomial(weights, n, replacement=True, generator=g)
+    else:
+        idx = torch.randperm(n, generator=g)
+    return idx[rank::world_size]
+
+
+def batches(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Consecutive batches; a last batch of one image is dropped (batch norm needs two)."""
+    out = list(indices.split(batch_size))
+    if out and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Loss weights n / (K' n_c) over the K' classes present (0 for absent ones): a balanced mean."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w
+
+
+def _as_split(split, name: str, num_classes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise ValueError(f"{name}: expected (images uint8 (N, H, W), labels (N,)), got {type(split).__name__}.")
+    try:
+        images = images_to_tensor(split[0], size)
+    except ValueError as e:
+        raise ValueError(f"{name} {e}") from None
+    labels = torch.as_tensor(np.asarray(split[1])).view(-1)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{name} labels: expected integer class indices, got {labels.dtype}.")
+    labels = labels.long()
+    if len(labels) != len(images):
+        raise ValueError(f"{name}: {len(labels)} labels for {len(images)} images.")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name} labels: class indices must lie in [0, {num_classes - 1}] "
+                         f"({num_classes} class names given).")
+    return images, labels
+
+
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-1 of the training and validation pixels and labels: a resumed run must see the same data."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- the trainer ---------------------------------------------------------------------------
+
+class ClassifierTrainer:
+    """Model, optimiser and the data on one device; ``train_epoch`` / ``train_step`` / ``predict``.
+
+    ``train_classifier`` drives it; ``bench/classify.py`` times ``train_step`` directly."""
+
+    def __init__(self, config: ClassifierConfig, train, val, class_names):
+        self.config = config
+        self.class_names = [str(c) for c in class_names]
+        k = len(self.class_names)
+        if k < 2 or len(set(self.class_names)) != k:
+            raise ValueError(f"class_names: need at least 2 distinct names, got {self.class_names}.")
+        self.num_classes = k
+        self.size = config.input_size
+        self.device = resolve_device(config.device)
+        self.bf16 = use_bf16(self.device, config.precision)
+        self.rank, self.world_size = _rank_world()
+        self.main_process = self.rank == 0
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+        train_x, train_y = _as_split(train, "train", k, self.size)
+        val_x, val_y = _as_split(val, "val", k, self.size)
+        if len(train_y) < 2:
+            raise ValueError(f"train: {len(train_y)} image(s); a classifier needs at least 2 training images.")
+        if len(val_y) < 1:
+            raise ValueError("val: the validation split is empty; early stopping and model selection need it. "
+                             "Give the dataset a val split (core.data.splits).")
+        if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal
+            g = torch.Generator().manual_seed(config.seed + 104_729)
+            train_y = train_y[torch.randperm(len(train_y), generator=g)]
+        self.fingerprint = data_fingerprint(train_x, train_y, val_x, val_y)
+        # per-dataset normalisation from the training pixels (float64: exact and order-free)
+        px = train_x.double()
+        self.mean, self.std = float(px.mean() / 255.0), float(max(px.std() / 255.0, 1e-3))
+        del px
+
+        torch.manual_seed(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True   # fixed shapes: cuDNN picks its fastest kernels once
+        cl = torch.channels_last
+        self.train_x = train_x.to(self.device).contiguous(memory_format=cl)   # uint8 (N, 1, S, S)
+        self.train_y = train_y.to(self.device)
+        self.val_x, self.val_y = val_x.to(self.device), val_y.to(self.device)
+        self.n_train = len(train_y)
+        net = build_model(config.model, k, 1, config.weights_path, config.aux_logits)
+        self.load_report = net.load_report
+        self.net = net.to(self.device, memory_format=cl)
+        self.model = _wrap_model(self.net, self.device)
+        self.aux_weight = float(self.net.aux_weight)
+        weights = None
+        if config.balance == "weighted_loss":
+            weights = torch.tensor(class_weights(train_y.numpy(), k), dtype=torch.float32, device=self.device)
+        self.loss_weights = weights
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                     fused=True)
+        self._sums = torch.zeros(3, device=self.device)   # loss * n, correct, n: summed on the device
+        self.step = 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, S, S) -> normalised float32, channels_last."""
+        x = x_u8.float().mul_(1.0 / 255.0).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, main logits). Training-mode Inception-v3 / GoogLeNet return (logits, *aux)."""
+        if isinstance(out, tuple):
+            logits, aux = out[0], [a for a in out[1:] if a is not None]
+        else:
+            logits, aux = out, []
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, weight=self.loss_weights)
+        for a in aux:
+            loss = loss + self.aux_weight * F.cross_entropy(a.float(), y, weight=self.loss_weights)
+        return loss, logits
+
+    def train_step(self, idx: torch.Tensor) -> None:
+        """One AdamW update on the training images ``idx`` (a device tensor). Never syncs with the host."""
+        x, y = self.prepare(self.train_x[idx]), self.train_y[idx]
+        with self.autocast():
+            out = self.model(x)
+        loss, logits = self.loss(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            n = torch.tensor(float(len(idx)), device=self.device)
+            self._sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum().float(), n])
+        self.step += 1
+
+    def read_sums(self) -> tuple[float, float, int]:
+        """(mean loss, accuracy, images) since the last read (one host sync); resets the sums."""
+        loss_n, correct, n = self._sums.tolist()
+        self._sums.zero_()
+        return (loss_n / n, correct / n, int(n)) if n else (math.nan, math.nan, 0)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+        """(probabilities (N, K) float32, mean cross-entropy or NaN) of uint8 ``images`` in eval mode."""
+        was_training = self.net.training
+        self.net.eval()
+        probs, loss_sum = [], torch.zeros((), device=self.device)
+        try:
+            for start in range(0, len(images), self.config.eval_batch_size):
+                x = self.prepare(images[start:start + self.config.eval_batch_size].to(self.device))
+                with self.autocast():
+                    logits = self.net(x).float()
+                if labels is not None:
+                    y = labels[start:start + len(x)].to(self.device)
+                    loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                probs.append(torch.softmax(logits, dim=1))
+        finally:
+            self.net.train(was_training)
+        p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, self.num_classes), np.float32)
+        return p, (float(loss_sum) / len(images) if labels is not None and len(images) else math.nan)
+
+    def validate(self) -> dict[str, float]:
+        probs, loss = self.predict(self.val_x, self.val_y)
+        y = self.val_y.cpu().numpy()
+        pred = probs.argmax(1)
+        return {"val_loss": loss, "val_acc": float((pred == y).mean()),
+                "val_macro_f1": macro_f1(y, pred, self.num_classes)}
+
+    # -- state ----------------------------------------------------------------------------
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def state_dict(self, loop: dict) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "class_names": self.class_names,
+            "fingerprint": self.fingerprint, "n_train": self.n_train, "step": self.step,
+            "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "loop": loop, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def load_state_dict(self, state: dict, where: str) -> dict:
+        """Restore model, optimiser, RNG and step; returns the loop state (epoch, history, best, ...)."""
+        old, new = state["config"], self.config.to_dict()
+        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
+                                  f"use the checkpoint's settings or a new output folder.")
+        if state.get("fingerprint") != self.fingerprint or state.get("class_names") != self.class_names:
+            raise CheckpointError(f"{where}: the training/validation data or classes differ from the ones this "
+                                  f"checkpoint was trained on; resume on the same data or start a new folder.")
+        try:
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: weights do not fit the network ({str(e)[:200]}); the checkpoint "
+                                  f"is damaged or from another configuration.") from e
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.step = int(state["step"])
+        return state["loop"]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a classifier checkpoint with ``weights_only=True``; a damaged or foreign file gets a
+    :class:`CheckpointError` that names it and says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here; train with `python -m core train-classifier ... "
+                              f"--out {path.parent}`.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a classifier checkpoint (corrupt or truncated: "
+                              f"{type(e).__name__}: {str(e)[:200]}). Delete it and train again.") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a MedAug classifier checkpoint (format {found!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r}).")
+    missing = [k for k in ("config", "model", "optimizer", "rng", "loop", "step") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is incomplete. Train again.")
+    return state
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained classifier from ``model.pt`` (written by train_classifier), in eval mode, and its
+    description: ``{"arch", "class_names", "input_size", "mean", "std", "config", "best_epoch"}``.
+    Feed it ``(uint8 / 255 - mean) / std`` at ``input_size`` px."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no trained classifier here; train one with train-classifier --out.") from None
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as a trained classifier ({type(e).__name__}: {str(e)[:200]}).") from e
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a MedAug classifier model file (format {MODEL_FORMAT!r} expected).")
+    info = {k: state[k] for k in ("arch", "class_names", "input_size", "mean", "std", "config", "best_epoch")}
+    net = build_model(info["arch"], len(info["class_names"]), 1, None, info["config"].get("aux_logits"))
+    net.load_state_dict(state["state_dict"])
+    return net.to(device).eval(), info
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
+                     on_epoch: EpochCallback | None = None, on_step: StepCallback | None = None,
+                     checkpoint_dir: str | Path | None = None, resume: bool = False,
+                     should_stop: Callable[[], bool] | None = None) -> ClassifierResult:
+    """Train ``config.model`` on ``train``, select on ``val``, evaluate on ``test``.
+
+    - ``train``/``val``/``test``: ``(uint8 images (N, H, W), class indices (N,))``.
+    - ``on_epoch(epoch, metrics)`` after each epoch (and its checkpoint): train_loss, train_acc,
+      val_loss, val_acc, val_macro_f1, best_val_macro_f1, epoch_seconds, img_per_s.
+    - ``on_step(step, {"train_loss_step": ...})`` every ``log_every`` steps (one host sync each).
+    - ``checkpoint_dir``: an atomic ``checkpoint.pt`` every epoch, and ``model.pt`` (the tested
+      weights, :func:`load_trained`) at the end. ``resume=True`` continues from the checkpoint;
+      on a CPU the result equals an uninterrupted run.
+    - ``should_stop()`` is polled every step; True ends the run at once (state "stopped"; the last
+      checkpoint stays, so ``resume`` continues from the last finished epoch). The best weights so
+      far are still tested, so a stopped run reports metrics, marked by its state.
+    """
+    t0 = time.perf_counter()
+    trainer = ClassifierTrainer(config, train, val, class_names)
+    test_x, test_y = _as_split(test, "test", trainer.num_classes, trainer.size)
+    if len(test_y) == 0:
+        raise ValueError("test: the test split is empty; evaluation needs the untouched test images.")
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    notes = []
+    if trainer.load_report:
+        r = trainer.load_report
+        notes.append(f"loaded {r['loaded']} tensors from {r['path']}"
+                     + (f"; adapted {', '.join(r['adapted'])} to grey" if r["adapted"] else "")
+                     + (f"; kept a fresh head (class count differs): {', '.join(r['skipped_head'])}"
+                        if r["skipped_head"] else ""))
+
+    loop = {"epoch": 0, "history": [], "best_epoch": 0, "best_score": -math.inf, "best_weights": None,
+            "bad_epochs": 0, "done": None}
+    if resume and ckpt is not None and ckpt.is_file():
+        loop = trainer.load_state_dict(load_checkpoint(ckpt, trainer.device), str(ckpt))
+        notes.append(f"resumed from {ckpt} after epoch {loop['epoch']}")
+
+    train_seconds, train_images = 0.0, 0
+    state, message = loop.get("done") or ("finished", "")
+    stopped = False
+    while loop["done"] is None and loop["epoch"] < config.epochs:
+        epoch = loop["epoch"] + 1
+        idx_all = epoch_indices(trainer.n_train, trainer.train_y, epoch, config, trainer.rank, trainer.world_size)
+        trainer.net.train()
+        t_epoch = time.perf_counter()
+        for i, idx in enumerate(batches(idx_all.to(trainer.device), config.batch_size)):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            trainer.train_step(idx)
+            if on_step is not None and trainer.main_process and trainer.step % config.log_every == 0:
+                on_step(trainer.step, {"train_loss_step": float(trainer._sums[0] / trainer._sums[2])})
+        if stopped:
+            state, message = "stopped", f"stopped during epoch {epoch}; the last checkpoint holds epoch {epoch - 1}."
+            break
+        train_loss, train_acc, n_seen = trainer.read_sums()   # the epoch's one sync
+        seconds = time.perf_counter() - t_epoch
+        train_seconds += seconds
+        train_images += n_seen
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, **trainer.validate()}
+        if not math.isfinite(train_loss) or not math.isfinite(metrics["val_loss"]):
+            loop["done"] = ("diverged", (f"diverged in epoch {epoch} (train loss {train_loss}); "
+                                        f"lower the learning rate (lr={config.lr:g})."))
+        else:
+            if metrics["val_macro_f1"] > loop["best_score"]:
+                loop.update(best_score=metrics["val_macro_f1"], best_epoch=epoch, best_weights=trainer.weights(),
+                            bad_epochs=0)
+            else:
+                loop["bad_epochs"] += 1
+        metrics.update(best_val_macro_f1=loop["best_score"], epoch_seconds=seconds,
+                       img_per_s=n_seen / max(seconds, 1e-9))
+        loop["epoch"] = epoch
+        loop["history"].append({"epoch": epoch, **metrics})
+        if loop["done"] is None and config.patience and loop["bad_epochs"] >= config.patience:
+            loop["done"] = ("early_stopped", (f"early stop after epoch {epoch}: no better val macro-F1 for "
+                                             f"{config.patience} epochs (best {loop['best_score']:.3f} at epoch "
+                                             f"{loop['best_epoch']})."))
+        if ckpt is not None and trainer.main_process:
+            save_checkpoint(ckpt, trainer.state_dict(loop))
+        if on_epoch is not None and trainer.main_process:
+            on_epoch(epoch, dict(metrics))
+        if loop["done"] is None and config.max_seconds and time.perf_counter() - t0 >= config.max_seconds:
+            state, message = "time_budget", f"time budget of {config.max_seconds:g} s ran out after epoch {epoch}."
+            break
+        if should_stop is not None and should_stop():
+            state, message = "stopped", f"stopped after epoch {epoch}."
+            break
+    if loop["done"] is not None:
+        state, message = loop["done"]
+    elif state == "finished":
+        message = f"trained {loop['epoch']} epochs."
+
+    metrics: dict = {}
+    probs = None
+    model_path = None
+    if loop["best_weights"] is not None:
+        trainer.net.load_state_dict(loop["best_weights"])
+        probs, _ = trainer.predict(test_x)
+        metrics = evaluate(test_y.numpy(), probs, trainer.class_names, n_boot=config.n_boot, seed=config.seed)
+        if ckpt is not None and trainer.main_process:
+            model_path = ckpt.parent / MODEL_FILE
+            save_checkpoint(model_path, {
+                "format": MODEL_FORMAT, "arch": config.model, "class_names": trainer.class_names,
+                "input_size": trainer.size, "mean": trainer.mean, "std": trainer.std, "config": config.to_dict(),
+                "best_epoch": loop["best_epoch"], "state_dict": loop["best_weights"]})
+        message += f" Tested the epoch-{loop['best_epoch']} weights (best val macro-F1 {loop['best_score']:.3f})."
+    return ClassifierResult(
+        state=state, message=message.strip(), history=loop["history"], metrics=metrics,
+        best_epoch=loop["best_epoch"], seconds=round(time.perf_counter() - t0, 3),
+        images_per_s=round(train_images / train_seconds, 2) if train_seconds else 0.0,
+        class_names=trainer.class_names, test_probs=probs, test_labels=test_y.numpy(),
+        checkpoint=ckpt if ckpt is not None and ckpt.is_file() else None, model_path=model_path,
+        precision="bf16" if trainer.bf16 else "fp32", device=str(trainer.device), notes=notes)
