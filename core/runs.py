@@ -149,6 +149,19 @@ def filter_runs(runs: pd.DataFrame, f: RunFilter) -> pd.DataFrame:
     return runs[keep]
 
 
+def parse_tag_filter(text: str) -> dict[str, str]:
+    """``"team=spine, seed"`` -> ``{"team": "spine", "seed": ""}`` (a tag alone: it is present)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if not key.strip():
+            raise ValueError(f"Tag filter {part!r} has no tag name; write tag=value or tag, separated by commas.")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def filter_choices(runs: pd.DataFrame) -> dict[str, list[str]]:
     """The values a filter can offer, from a :func:`list_runs` table."""
     tag_keys = sorted({k for t in runs["tags"] for k in t if not k.startswith("mlflow.")})

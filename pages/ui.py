@@ -17,6 +17,7 @@ PAGES = (
     ("pages/dataset.py", "Dataset", ":material/photo_library:"),
     ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
     ("pages/gan.py", "GAN", ":material/model_training:"),
+    ("pages/runs.py", "Runs", ":material/compare:"),
 )
 
 # The workflow the product walks through; a step links to its page once the page exists.
@@ -26,7 +27,7 @@ WORKFLOW = (
     ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", "pages/gan.py"),
     ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", None),
     ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),
-    ("Compare", "Compare runs side by side and export reports from MLflow.", None),
+    ("Compare", "Compare runs side by side and export reports from MLflow.", "pages/runs.py"),
 )
 
 
