@@ -120,6 +120,7 @@ class RunFilter:
     until: date | None = None               # last day kept (UTC), inclusive
     statuses: tuple[str, ...] = ()          # FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
     text: str = ""                          # case-insensitive substring of the name or run id
+    experiments: tuple[str, ...] = ()       # experiment names
     keep_family: bool = True                # keep a kept child's parent (and a kept parent's children)
 
 
@@ -139,6 +140,8 @@ def filter_runs(runs: pd.DataFrame, f: RunFilter) -> pd.DataFrame:
         keep &= runs["start_time"] < pd.Timestamp(f.until, tz="UTC") + pd.Timedelta(days=1)
     if f.statuses:
         keep &= runs["status"].isin(f.statuses)
+    if f.experiments:
+        keep &= runs["experiment"].isin(f.experiments)
     if f.text:
         t = f.text.lower()
         keep &= runs["name"].str.lower().str.contains(t, regex=False) | runs["run_id"].str.startswith(t)
@@ -165,7 +168,8 @@ def parse_tag_filter(text: str) -> dict[str, str]:
 def filter_choices(runs: pd.DataFrame) -> dict[str, list[str]]:
     """The values a filter can offer, from a :func:`list_runs` table."""
     tag_keys = sorted({k for t in runs["tags"] for k in t if not k.startswith("mlflow.")})
-    return {"kinds": sorted(k for k in runs["kind"].unique() if k),
+    return {"experiments": sorted(runs["experiment"].unique()),
+            "kinds": sorted(k for k in runs["kind"].unique() if k),
             "dataset_hashes": sorted(h for h in runs["dataset_hash"].unique() if h),
             "statuses": sorted(runs["status"].unique()), "tag_keys": tag_keys}
 

@@ -82,7 +82,7 @@ def filters(table):
                             format_func=lambda h: f"{ds_names.get(h) or '?'} · {h[:10]}")
     statuses = c3.multiselect("Status", choices["statuses"], key="runs_status", placeholder="any status")
     text = c4.text_input("Name or run id", key="runs_text", placeholder="search")
-    c5, c6, c7 = st.columns([2, 3, 3])
+    c5, c6, c7, c8 = st.columns([2, 2, 2, 2])
     days = table["start_time"].dt.date
     lo, hi = (days.min(), days.max()) if len(days) else (date.today(), date.today())
     dates = c5.date_input("Started between", value=(lo, hi), key="runs_dates", format="YYYY-MM-DD")
@@ -94,11 +94,13 @@ def filters(table):
     except ValueError as e:
         c6.error(str(e))
         tags = {}
-    c7.toggle("Keep whole studies", value=True, key="runs_family",
+    exps = c7.multiselect("Experiment", choices["experiments"], key="runs_exp", placeholder="all experiments")
+    c8.toggle("Keep whole studies", value=True, key="runs_family",
               help="Keep the parent of a matching child run, and the children of a matching parent.")
     since, until = (tuple(dates) + (None, None))[:2] if isinstance(dates, (tuple, list)) else (dates, dates)
     return R.RunFilter(kinds=tuple(kinds), dataset_hashes=tuple(hashes), tags=tags, since=since, until=until,
-                       statuses=tuple(statuses), text=text.strip(), keep_family=st.session_state["runs_family"])
+                       statuses=tuple(statuses), text=text.strip(), experiments=tuple(exps),
+                       keep_family=st.session_state["runs_family"])
 
 
 def listing(shown):
