@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "core.balance",
     "core.augment.commands",
     "core.gan.commands",
+    "core.quality.commands",
+    "core.study.commands",
     "core.report",
     "core.tracking",
 )

@@ -1,0 +1,16 @@
+"""The augmentation study: does augmentation help, for which class, by how much.
+
+- :mod:`core.study.grid`     the augmentation sets, ``StudyConfig``, the presets and the cells
+                             (augmentation set x network x seed).
+- :mod:`core.study.sets`     each cell's training set, built from the TRAIN split only: classic
+                             operations through :mod:`core.augment`, GAN images through
+                             :mod:`core.gan` + the balancing planner (GANs trained once per study
+                             and variant, cached, or taken from given checkpoints).
+- :mod:`core.study.run`      the parent MLflow study run, one child run per cell, resume, job
+                             specs for fan-out (``run-cell``), the test-split hash check.
+- :mod:`core.study.results`  the results table rebuilt from MLflow child runs (mean ± 95% CI,
+                             Δ against real only), per-class Δ sensitivity, CSV export.
+- :mod:`core.study.commands` ``python -m core study``, ``run-cell`` and ``study-results``.
+
+Nothing heavy is imported here.
+"""

@@ -1,0 +1,164 @@
+"""CLI: ``python -m core study``, ``python -m core run-cell`` and ``python -m core study-results``.
+
+    python -m core study --data DIR --preset quick [--out DIR] [--resume]
+    python -m core study --data DIR --preset quick --plan-only --out DIR     # one JSON spec per cell
+    for spec in DIR/specs/*.json; do python -m core run-cell "$spec"; done   # any scheduler
+    python -m core study-results --study RUN_ID [--csv results.csv]          # the table, from MLflow
+
+``study`` keeps ``<out>/status.json`` current (atomic, like train-gan's) for pages and job runners:
+
+    {"kind": "study", "state": "starting|running|finished|failed|cancelled", "message": str,
+     "cells_done": int, "cells_total": int, "cells_skipped": int, "current": "set|network|s0"|null,
+     "cell_epoch": int, "cell_epochs": int, "eta_s": float|null, "run_id": parent run id,
+     "results_csv": str (at the end), "out": str, "config": {StudyConfig}, "started", "updated"}
+
+``--config JSON`` holds StudyConfig fields plus ``data``, ``out``, ``preset``, ``resume`` and
+``plan_only``; flags given on the command line win.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from core.cli import log
+
+JOB_KEYS = ("data", "out", "preset", "resume", "plan_only")
+
+
+def _parse_gan_steps(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise ValueError(f"--gan-steps {item!r}: write VARIANT=STEPS, like dcgan=400.") from None
+        if not sep:
+            raise ValueError(f"--gan-steps {item!r}: write VARIANT=STEPS, like dcgan=400.")
+    return out
+
+
+def study_fields(args) -> tuple[dict, dict]:
+    """(job options, StudyConfig overrides) from --config JSON overlaid by the flags."""
+    fields: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            fields = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of study fields.") from e
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {path}: expected one JSON object of study fields.")
+    flags = {"data": args.data, "out": args.out, "preset": args.preset, "resume": args.resume or None,
+             "plan_only": args.plan_only or None, "sets": args.sets, "networks": args.networks, "seeds": args.seeds,
+             "epochs": args.epochs, "image_size": args.image_size, "device": args.device, "metric": args.metric,
+             "gan_threads": args.gan_threads,
+             "gan_steps": _parse_gan_steps(args.gan_steps) if args.gan_steps else None}
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    job = {k: fields.pop(k, None) for k in JOB_KEYS}
+    return job, fields
+
+
+def cmd_study(args) -> dict:
+    from core.gan.commands import StatusFile
+    from core.study.grid import StudyConfig, preset
+    from core.study.run import run_study
+    from core.workspace import workspace_dir
+
+    job, fields = study_fields(args)
+    name = job["preset"] or "quick"
+    base = preset(name)   # raises for an unknown preset
+    if "gan_steps" in fields:
+        fields["gan_steps"] = {**base.gan_steps, **fields["gan_steps"]}
+    config = StudyConfig.from_dict({**base.to_dict(), **fields})
+    if job["data"]:
+        data = job["data"]
+    else:
+        from core.data.datasets import ensure_default_dataset
+
+        data = str(ensure_default_dataset().root)
+        log(f"no --data: using the built-in phantom at {data}")
+    out = Path(job["out"] or workspace_dir("studies") / f"{name}-{config.key()}").expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    status = StatusFile(out, kind="study", out=str(out), state="starting", message="starting", cells_done=0,
+                        cells_total=None, eta_s=None, run_id=None, preset=name, config=config.to_dict())
+    status.update(force=True)
+
+    def on_sigterm(signum, frame):   # a job runner's cancel: runs end KILLED, status cancelled
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        summary = run_study(data, config, out, resume=bool(job["resume"]), plan_only=bool(job["plan_only"]), log=log,
+                            status=status)
+    except KeyboardInterrupt:
+        status.update(force=True, state="cancelled", message="cancelled")
+        raise ValueError(f"study cancelled after {status.fields.get('cells_done')} cells; continue with "
+                         f"`python -m core study --resume --out {out}` and the same options.") from None
+    except BaseException as e:
+        status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return {"preset": name, **summary, "status": str(status.path)}
+
+
+def cmd_run_cell(args) -> dict:
+    from core.study.run import run_cell_spec
+
+    return run_cell_spec(args.spec, log=log)
+
+
+def cmd_study_results(args) -> dict:
+    from core.study.results import collect_cells, results_table, table_text, write_results
+
+    cells = collect_cells(args.study)
+    if cells.empty:
+        raise ValueError(f"study {args.study}: no finished cells in MLflow yet; run its cells first.")
+    table = results_table(cells, args.metric)
+    log(table_text(table, args.metric))
+    summary = {"study_run_id": args.study, "cells": len(cells), "metric": args.metric,
+               "table": table[["set", "network", "n", "mean", "ci_low", "ci_high", "delta"]].to_dict("records")}
+    if args.csv:
+        summary["results_csv"], summary["results_long_csv"] = write_results(table, args.csv)
+    return summary
+
+
+def register(sub) -> None:
+    from core.study.grid import AUG_SETS, METRICS, PRESETS
+
+    s = sub.add_parser("study", help="run the augmentation study grid (sets x networks x seeds), or plan it",
+                       description="Train and test one classifier per cell of augmentation set x network x seed; "
+                                   "each cell is an MLflow child run of one study run. Ends with the results table "
+                                   "(CSV path in the JSON line). --plan-only writes one job spec per cell instead.")
+    s.add_argument("--data", help="dataset folder (default: the built-in phantom)")
+    s.add_argument("--preset", choices=None, default=None, metavar="|".join(PRESETS),
+                   help="quick (phantom 64 px, small CNN, 7 classic ops + DCGAN + WGAN, 1 seed, CPU) or paper "
+                        "(VGG16 + Inception-v3, all sets, 3 seeds, GPU); default quick")
+    s.add_argument("--out", help="study folder (status.json, specs, GAN cache, results.csv); "
+                                 "default workspace/studies/<preset>-<key>")
+    s.add_argument("--config", help="JSON file with study fields (flags given here win)")
+    s.add_argument("--sets", nargs="+", default=None, metavar="SET", help=f"augmentation sets: {', '.join(AUG_SETS)}")
+    s.add_argument("--networks", nargs="+", default=None, metavar="NET", help="networks of core.classify")
+    s.add_argument("--seeds", nargs="+", type=int, default=None, help="one cell per seed")
+    s.add_argument("--epochs", type=int, default=None, help="classifier epochs per cell")
+    s.add_argument("--image-size", dest="image_size", type=int, default=None, help="classifier input size (px)")
+    s.add_argument("--gan-steps", dest="gan_steps", nargs="+", default=None, metavar="VARIANT=STEPS",
+                   help="generator steps per GAN variant, e.g. dcgan=400 wgan=200")
+    s.add_argument("--gan-threads", dest="gan_threads", type=int, default=None, help="CPU threads for GAN training")
+    s.add_argument("--metric", choices=METRICS, default=None, help="the results table's metric (default macro_f1)")
+    s.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--resume", action="store_true", help="continue the study in --out: finished cells are skipped")
+    s.add_argument("--plan-only", dest="plan_only", action="store_true",
+                   help="write one JSON job spec per pending cell to OUT/specs and stop")
+    s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("run-cell", help="run one study cell from a job spec written by study --plan-only")
+    s.add_argument("spec", help="OUT/specs/NNN-<cell>.json")
+    s.set_defaults(func=cmd_run_cell)
+
+    s = sub.add_parser("study-results", help="rebuild a study's results table from MLflow")
+    s.add_argument("--study", required=True, help="the study's parent MLflow run id")
+    s.add_argument("--metric", choices=METRICS, default="macro_f1", help="metric (default macro_f1)")
+    s.add_argument("--csv", help="write the table here (and <stem>_long.csv with every number)")
+    s.set_defaults(func=cmd_study_results)

@@ -1,0 +1,221 @@
+"""The study grid: augmentation sets x networks x seeds, its config and the two presets.
+
+An augmentation set names how a cell's TRAINING images are made from the training split
+(validation and test are never touched):
+
+    real          the training split as it is (the baseline every Δ is measured against)
+    rotate45 ...  the training split plus one copy of each image through ONE of the original
+                  study's 7 operations (core.augment.ops.STUDY_OPERATIONS)
+    classic       plus one copy per image through the study's pipeline (one of the 7 per image)
+    dcgan, wgan,  plus GAN images for the classes the balancing planner tops up, from a GAN of
+    wgan-gp       that variant trained on the training split (once per study, shared by cells)
+    classic+gan   the classic copies and the GAN images of ``combo_variant`` together
+
+No torch here: the CLI, the page and job specs read this module cheaply.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from core.augment.ops import STUDY_OPERATIONS
+
+GAN_VARIANTS = ("dcgan", "wgan", "wgan-gp")
+
+
+@dataclass(frozen=True)
+class AugSet:
+    key: str                      # identifier in configs, MLflow tags and the CLI
+    label: str                    # row label of the results table
+    kind: str                     # "real" | "classic" | "gan" | "classic+gan"
+    op: str | None = None         # registry operation (single classic operation sets)
+    params: tuple = ()            # its parameters, as (name, value) pairs (hashable)
+
+    @property
+    def variant(self) -> str | None:
+        return self.key if self.kind == "gan" else None
+
+
+_OP_KEYS = {"rotate 45": "rotate45", "rotate 270": "rotate270", "horizontal flip": "hflip",
+            "vertical flip": "vflip", "crop (2, 5, 500, 1000)": "crop", "zoom (crop + resize)": "zoom",
+            "shear 30 degrees": "shear30"}
+
+AUG_SETS: dict[str, AugSet] = {s.key: s for s in (
+    AugSet("real", "real only", "real"),
+    *(AugSet(_OP_KEYS[label], label, "classic", op, tuple(sorted(params.items())))
+      for label, op, params in STUDY_OPERATIONS),
+    AugSet("classic", "classic pipeline (one of the 7 per image)", "classic"),
+    AugSet("dcgan", "DCGAN synthetic", "gan"),
+    AugSet("wgan", "WGAN synthetic", "gan"),
+    AugSet("wgan-gp", "WGAN-GP synthetic", "gan"),
+    AugSet("classic+gan", "classic + GAN synthetic", "classic+gan"),
+)}
+CLASSIC_OPS = tuple(_OP_KEYS[label] for label, _, _ in STUDY_OPERATIONS)
+BASELINE = "real"
+
+
+def get_set(key: str) -> AugSet:
+    try:
+        return AUG_SETS[key]
+    except KeyError:
+        raise ValueError(f"unknown augmentation set {key!r}; choose from {', '.join(AUG_SETS)}.") from None
+
+
+def known_networks() -> tuple[str, ...]:
+    """Networks of core.classify (imported lazily: it loads torch)."""
+    from core.classify.models import MODELS
+
+    return tuple(MODELS)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    sets: tuple[str, ...] = ("real", *CLASSIC_OPS, "dcgan", "wgan")   # keys of AUG_SETS, in table order
+    networks: tuple[str, ...] = ("small_cnn",)   # keys of core.classify.models.MODELS
+    seeds: tuple[int, ...] = (0,)                # one cell per seed; 3+ seeds give a t-interval
+    image_size: int = 64                         # classifier input side in px (models may resize, e.g. 299)
+    epochs: int = 8                              # classifier epochs per cell (early stopping may end sooner)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5                            # early stopping on validation macro-F1
+    balance: str = "none"                        # the trainer's class balancing option
+    precision: str = "auto"
+    device: str = "auto"
+    metric: str = "macro_f1"                     # the results table's metric
+    n_boot: int = 500                            # bootstrap resamples for the per-cell CIs
+    copies: int = 1                              # classic sets: augmented copies per training image
+    # GAN sets (the balancing planner decides how many images each class gets)
+    gan_target: str = "max"                      # "max", "median" or images per class
+    gan_cap: float = 5.0                         # at most this many synthetic images per real one
+    gan_resolution: int = 64                     # GAN image side (32, 64, 128, 256)
+    gan_width: int = 32                          # base channels of G and D
+    gan_batch: int = 64
+    gan_steps: Mapping[str, int] = field(default_factory=lambda: {"dcgan": 400, "wgan": 200, "wgan-gp": 200})
+    gan_checkpoints: Mapping[str, str] = field(default_factory=dict)  # variant -> checkpoint.pt of a given
+                                                 # conditional GAN run (skips training that variant)
+    combo_variant: str = "dcgan"                 # the GAN of the classic+gan set
+    gan_threads: int | None = None               # CPU threads for GAN training (None: torch's default)
+
+    def __post_init__(self):
+        for name in ("sets", "networks", "seeds"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ValueError(f"{name}={value!r}: give a list.")  # noqa: TRY004 (config errors are ValueErrors)
+            object.__setattr__(self, name, tuple(value))
+            if not value:
+                raise ValueError(f"{name} is empty: a study needs at least one.")
+            if len(set(value)) != len(value):
+                raise ValueError(f"{name}={list(value)}: remove the duplicates.")
+        for key in self.sets:
+            get_set(key)
+        if BASELINE not in self.sets:
+            raise ValueError(f"sets={list(self.sets)}: include {BASELINE!r}, the baseline every Δ is measured against.")
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31:
+                raise ValueError(f"seeds: {s!r} is not a whole number in [0, 2**31).")
+        if not 16 <= self.image_size <= 1024:
+            raise ValueError(f"image_size={self.image_size}: choose between 16 and 1024 px.")
+        if not 1 <= self.epochs <= 1000:
+            raise ValueError(f"epochs={self.epochs}: choose between 1 and 1000.")
+        if not 2 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size={self.batch_size}: choose between 2 and 4096.")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"lr={self.lr}: choose a learning rate in (0, 1].")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric={self.metric!r}: choose one of {', '.join(METRICS)}.")
+        if not 0 <= self.n_boot <= 100_000:
+            raise ValueError(f"n_boot={self.n_boot}: choose between 0 and 100000.")
+        if not 1 <= self.copies <= 20:
+            raise ValueError(f"copies={self.copies}: choose between 1 and 20 copies per image.")
+        if self.gan_resolution not in (32, 64, 128, 256):
+            raise ValueError(f"gan_resolution={self.gan_resolution}: choose 32, 64, 128 or 256 px.")
+        if self.combo_variant not in GAN_VARIANTS:
+            raise ValueError(f"combo_variant={self.combo_variant!r}: choose one of {', '.join(GAN_VARIANTS)}.")
+        object.__setattr__(self, "gan_steps", dict(self.gan_steps))
+        object.__setattr__(self, "gan_checkpoints", dict(self.gan_checkpoints))
+        for v, steps in self.gan_steps.items():
+            if v not in GAN_VARIANTS or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
+                raise ValueError(f"gan_steps[{v!r}]={steps!r}: give generator steps (1..1000000) per variant "
+                                 f"of {', '.join(GAN_VARIANTS)}.")
+        for v in self.gan_checkpoints:
+            if v not in GAN_VARIANTS:
+                raise ValueError(f"gan_checkpoints: {v!r} is not a GAN variant ({', '.join(GAN_VARIANTS)}).")
+        if not 0 <= self.gan_cap <= 1000:
+            raise ValueError(f"gan_cap={self.gan_cap}: choose between 0 and 1000 synthetic images per real one.")
+        from core.balance import resolve_target
+        resolve_target({"x": 1}, self.gan_target)   # raises a clear error for a bad target
+
+    def gan_variants(self) -> tuple[str, ...]:
+        """The GAN variants the chosen sets need, in table order."""
+        out = []
+        for key in self.sets:
+            s = AUG_SETS[key]
+            v = s.variant or (self.combo_variant if s.kind == "classic+gan" else None)
+            if v and v not in out:
+                out.append(v)
+        return tuple(out)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, fields: Mapping) -> StudyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown study config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+        return cls(**fields)
+
+    def key(self) -> str:
+        """12 hex digits naming what the study computes (device and precision left out)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("device", "precision", "gan_threads")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# metrics a results table can show (keys of core.classify.evaluate.evaluate's output)
+METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "macro_auroc")
+
+
+def preset(name: str, **overrides) -> StudyConfig:
+    """``quick``: phantom at 64 px, the small CNN, real + the 7 classic operations + DCGAN + WGAN,
+    one seed, sized to finish in under 15 minutes on 2 CPU cores. ``paper``: VGG16 and
+    Inception-v3, every set, 3 seeds, for a GPU."""
+    if name == "quick":
+        base = StudyConfig()
+    elif name == "paper":
+        base = StudyConfig(sets=tuple(AUG_SETS), networks=("vgg16", "inception_v3"), seeds=(0, 1, 2),
+                           image_size=224, epochs=30, batch_size=32, lr=1e-4, patience=8, n_boot=1000,
+                           gan_resolution=128, gan_width=64,
+                           gan_steps={"dcgan": 5000, "wgan": 5000, "wgan-gp": 5000}, combo_variant="wgan-gp")
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose quick or paper.")
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+PRESETS = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Cell:
+    set: str
+    network: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The cell's identity inside its study (the MLflow tag ``medaug.study.cell``)."""
+        return f"{self.set}|{self.network}|s{self.seed}"
+
+    @property
+    def slug(self) -> str:
+        return self.key.replace("|", "__").replace("+", "plus")
+
+
+def cells(config: StudyConfig) -> list[Cell]:
+    """Every cell, real-only first within each network and seed (so its Δ is known early)."""
+    return [Cell(s, n, seed) for seed in config.seeds for n in config.networks for s in config.sets]

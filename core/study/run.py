@@ -1,0 +1,407 @@
+"""Running a study: one parent MLflow run, one child run per cell, resume, and fan-out specs.
+
+- The parent run (kind ``study``) holds the config as params and the tags ``medaug.study.key``
+  (what the study computes) and ``medaug.study.test_hash``. ``<out>/study.json`` names it, so
+  ``--resume`` reopens the same parent.
+- Each cell is a child run (kind ``study-cell``, ``mlflow.parentRunId``) tagged with its cell key
+  ``set|network|s<seed>`` (``medaug.study.cell``) and the hash of the test array it was tested on.
+  A FINISHED child with a cell key means that cell is done: resume and ``run-cell`` skip it.
+- The test split is the same array for every cell: each cell recomputes its hash and refuses
+  to run when it differs from the study's (a changed dataset or cache), and the results table
+  refuses to mix cells of different test hashes.
+- ``plan_only``: the parent run is created and one JSON job spec per pending cell is written
+  to ``<out>/specs/``, for a shell loop, a job array or a cluster queue to run with
+  ``python -m core run-cell SPEC``. GANs are trained by the first cell that needs them (under a
+  file lock in ``<out>/gans/``, so point every cell at a shared ``--out``).
+- ``<out>/status.json`` (atomic) keeps pages and job runners current: cells done/total, the
+  current cell and its epoch, the ETA, the parent run id and, at the end, the results CSV.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.study.grid import AUG_SETS, Cell, StudyConfig, cells
+
+KIND_STUDY = "study"
+KIND_CELL = "study-cell"
+TAG_STUDY_KEY = "medaug.study.key"
+TAG_CELL = "medaug.study.cell"
+TAG_TEST_HASH = "medaug.study.test_hash"
+TAG_MODE = "medaug.study.mode"
+STUDY_FILE = "study.json"
+SPEC_FORMAT = "medaug-study-cell/1"
+RESULTS_FILE = "results.csv"
+Log = Callable[[str], None]
+
+
+class TestSplitMismatch(ValueError):
+    """A cell would be tested on a different test split than the study's."""
+
+
+@dataclass(eq=False)
+class Study:
+    """An opened study: dataset, config, splits at the study's size, its folder and parent run."""
+
+    ds: object
+    config: StudyConfig
+    splits: object
+    out: Path
+    run_id: str
+    log: Log = print
+
+    def __post_init__(self):
+        self._gan_images: dict[str, tuple] = {}
+
+    def gan_source(self, variant: str, on_step=None):
+        """The synthetic training images of ``variant`` (trained or taken from the cache once)."""
+        if variant not in self._gan_images:
+            from core.study.sets import gan_checkpoint, gan_images
+
+            ckpt = gan_checkpoint(variant, self.splits, self.config, self.out / "gans", parent_run_id=self.run_id,
+                                  log=self.log, on_step=on_step)
+            self._gan_images[variant] = gan_images(variant, ckpt, self.splits, self.config, self.out / "gans",
+                                                   log=self.log)
+        return self._gan_images[variant]
+
+
+def check_networks(config: StudyConfig) -> None:
+    from core.classify.models import MODELS, input_size
+
+    for n in config.networks:
+        if n not in MODELS:
+            raise ValueError(f"networks: unknown network {n!r}; choose from {', '.join(MODELS)}.")
+        input_size(n, config.image_size)   # raises when image_size is below the network's minimum
+
+
+def load_data(data: str | Path):
+    from core.data.datasets import load_dataset
+
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise ValueError(f"--data {data}: no such folder; create a dataset with `python -m core phantom --out {data}` "
+                         f"or point --data at a dataset folder.")
+    return load_dataset(path)
+
+
+def classifier_config(config: StudyConfig, cell: Cell):
+    from core.classify.train import ClassifierConfig
+
+    return ClassifierConfig(model=cell.network, image_size=config.image_size, epochs=config.epochs,
+                            batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                            seed=cell.seed, balance=config.balance, patience=config.patience, device=config.device,
+                            precision=config.precision, n_boot=config.n_boot)
+
+
+# --- MLflow: the parent run and finished cells -----------------------------------------------------
+
+@contextmanager
+def reopened_run(run_id: str):
+    """Continue an existing run (the parent of a resumed study) and end it like start_run does."""
+    from core import tracking
+
+    c = tracking.client()
+    c.update_run(run_id, status="RUNNING")
+    run = tracking.Run(c, run_id)
+    status = "FINISHED"
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        try:
+            run.flush()
+        finally:
+            c.set_terminated(run_id, status=status)
+
+
+def child_runs(parent_run_id: str, kind: str = KIND_CELL) -> list:
+    """The parent's child runs of ``kind`` (all states), oldest first."""
+    from core import tracking
+
+    c = tracking.client()
+    parent = c.get_run(parent_run_id)
+    runs, token = [], None
+    while True:
+        page = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                           f"tags.`{tracking.TAG_KIND}` = '{kind}'",
+                             max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def finished_cells(parent_run_id: str) -> dict[str, object]:
+    """Cell key -> its latest FINISHED child run."""
+    done = {}
+    for r in child_runs(parent_run_id):
+        key = r.data.tags.get(TAG_CELL)
+        if key and r.info.status == "FINISHED":
+            done[key] = r
+    return done
+
+
+# --- opening a study --------------------------------------------------------------------------
+
+def read_study_file(out: Path) -> dict | None:
+    try:
+        return json.loads((out / STUDY_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{out / STUDY_FILE}: unreadable ({e}); delete the folder or choose another --out.") from e
+
+
+def open_splits(ds, config: StudyConfig, log: Log):
+    from core.study.sets import load_splits
+
+    t0 = time.perf_counter()
+    splits = load_splits(ds, config.image_size)
+    log(f"{ds.id}: {len(splits.train_y)} train / {len(splits.val_y)} val / {len(splits.test_y)} test real images at "
+        f"{config.image_size} px, {len(splits.class_names)} classes ({time.perf_counter() - t0:.1f} s); "
+        f"test split hash {splits.test_hash}")
+    return splits
+
+
+# --- one cell -----------------------------------------------------------------------------------
+
+def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None) -> dict:
+    """Train and test one cell as a child run of the study; returns a short summary."""
+    from core import tracking
+    from core.classify.evaluate import flat_metrics
+    from core.classify.train import train_classifier
+    from core.study.sets import array_hash, training_set
+
+    splits, config = study.splits, study.config
+    aug = AUG_SETS[cell.set]
+    variant = aug.variant or (config.combo_variant if aug.kind == "classic+gan" else None)
+    if variant and on_stage:
+        on_stage(f"GAN {variant}")
+    x, y, added = training_set(cell.set, splits, config, cell.seed,
+                               lambda v: study.gan_source(v, on_step=(lambda s, t: on_stage(f"GAN {v} step {s}/{t}"))
+                                                          if on_stage else None))
+    if on_stage:
+        on_stage(f"training {cell.key}")
+    cfg = classifier_config(config, cell)
+    test_hash = array_hash(splits.test_x, splits.test_y, splits.class_names)
+    folder = study.out / "cells" / cell.slug
+    params = {**cfg.to_dict(), "set": cell.set, "set_label": aug.label, "network": cell.network, "n_train": len(y),
+              "n_real_train": len(splits.train_y), "n_added": int(sum(added.values())),
+              "class_names": json.dumps(splits.class_names)}
+    tags = {TAG_CELL: cell.key, TAG_STUDY_KEY: config.key(), TAG_TEST_HASH: test_hash,
+            "medaug.study.set": cell.set, "medaug.study.network": cell.network, "medaug.study.seed": cell.seed,
+            "medaug.study.train_hash": array_hash(x, y, splits.class_names),
+            "medaug.study.added": json.dumps(added)}
+    t0 = time.perf_counter()
+    with tracking.start_run(KIND_CELL, params, dataset=study.ds, parent_run_id=study.run_id, tags=tags,
+                            run_name=f"{cell.set} · {cell.network} · s{cell.seed}") as run:
+        def epoch_cb(epoch: int, metrics: dict) -> None:
+            run.log_metrics(metrics, epoch)
+            if on_epoch:
+                on_epoch(epoch, metrics)
+
+        result = train_classifier(cfg, (x, y), (splits.val_x, splits.val_y), (splits.test_x, splits.test_y),
+                                  splits.class_names, on_epoch=epoch_cb, checkpoint_dir=folder, resume=True)
+        if not result.metrics:
+            raise ValueError(f"cell {cell.key}: no weights to test ({result.message}).")
+        run.log_metrics(flat_metrics(result.metrics), step=result.best_epoch)
+        run.set_tags({"medaug.study.state": result.state, "medaug.study.best_epoch": result.best_epoch})
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {"cell": cell.key, "state": result.state, "message": result.message, "best_epoch": result.best_epoch,
+                  "seconds": result.seconds, "images_per_s": result.images_per_s, "added": added,
+                  "test_hash": test_hash, "metrics": result.metrics, "history": result.history}
+        (folder / "metrics.json").write_text(json.dumps(report, indent=1, default=_json_default))
+        run.log_artifact(folder / "metrics.json")
+    for name in ("checkpoint.pt", "model.pt"):   # weights are not kept (a paper grid would hold tens of GB)
+        (folder / name).unlink(missing_ok=True)
+    seconds = round(time.perf_counter() - t0, 2)
+    metric = result.metrics.get(config.metric)
+    return {"cell": cell.key, "run_id": run.run_id, "state": result.state, config.metric: metric,
+            "best_epoch": result.best_epoch, "seconds": seconds, "n_train": len(y)}
+
+
+def _json_default(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+# --- the whole study ----------------------------------------------------------------------------
+
+def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume: bool = False,
+              plan_only: bool = False, log: Log = print, status=None) -> dict:
+    """Run every pending cell of ``config`` on ``data`` in this process (or, with ``plan_only``,
+    write their job specs), then rebuild the results table from MLflow. ``status``: an object
+    with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
+    from core import tracking
+    from core.jobs import write_json_atomic
+    from core.study.results import collect_cells, results_table, table_text, write_results
+
+    check_networks(config)
+    ds = load_data(data)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    status = status or _NoStatus()
+    existing = read_study_file(out)
+    if existing and not resume:
+        raise ValueError(f"{out}: already holds study run {existing['study_run_id']}; pass --resume to continue it, "
+                         f"or choose another --out.")
+    if resume and not existing:
+        raise ValueError(f"{out}: no study to resume ({STUDY_FILE} is missing); run without --resume first.")
+    if existing and existing["study_key"] != config.key():
+        raise ValueError(f"{out}: holds a study with other settings (key {existing['study_key']}, this one "
+                         f"{config.key()}); resume it with the same preset and options, or choose another --out.")
+    status.update(force=True, state="running", message="loading the dataset", out=str(out))
+    splits = open_splits(ds, config, log)
+    if existing and existing["test_hash"] != splits.test_hash:
+        raise TestSplitMismatch(f"{out}: the study was planned on test split {existing['test_hash']}, but {ds.root} "
+                                f"now gives {splits.test_hash}; the dataset or its split changed. Start a new study.")
+    grid = cells(config)
+    tags = {TAG_STUDY_KEY: config.key(), TAG_TEST_HASH: splits.test_hash, TAG_MODE: "plan-only" if plan_only else "run",
+            "medaug.out": str(out), "medaug.study.cells": len(grid)}
+    params = {**config.to_dict(), "data": str(ds.root), "n_cells": len(grid), "class_names": splits.class_names,
+              "n_train": len(splits.train_y), "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
+    if existing:
+        ctx = reopened_run(existing["study_run_id"])
+    else:
+        ctx = tracking.start_run(KIND_STUDY, params, dataset=ds, tags=tags,
+                                 run_name=f"study {ds.name} {len(grid)} cells")
+    t_start = time.perf_counter()
+    with ctx as parent:
+        study = Study(ds, config, splits, out, parent.run_id, log)
+        write_json_atomic(out / STUDY_FILE, {"format": "medaug-study/1", "study_run_id": parent.run_id,
+                                             "study_key": config.key(), "data": str(ds.root),
+                                             "dataset_id": ds.id, "test_hash": splits.test_hash,
+                                             "config": config.to_dict(), "cells": [c.key for c in grid]})
+        done = finished_cells(parent.run_id) if existing else {}
+        pending = [c for c in grid if c.key not in done]
+        log(f"study {parent.run_id} ({config.key()}): {len(grid)} cells, {len(done)} finished before, "
+            f"{len(pending)} to run -> {out}")
+        status.update(force=True, run_id=parent.run_id, cells_total=len(grid), cells_done=len(done),
+                      cells_skipped=len(done), message=f"{len(pending)} cells to run")
+        if plan_only:
+            specs = write_specs(study, pending)
+            status.update(force=True, state="finished", message=f"wrote {len(specs)} cell specs", eta_s=0.0)
+            return {"study_run_id": parent.run_id, "study_key": config.key(), "out": str(out),
+                    "cells": len(grid), "skipped": len(done), "specs": [str(p) for p in specs],
+                    "specs_dir": str(out / "specs"), "test_hash": splits.test_hash}
+        t_cells = time.perf_counter()
+        for i, cell in enumerate(pending):
+            log(f"[{len(done) + i + 1}/{len(grid)}] {cell.key}")
+            status.update(force=True, current=cell.key, cell_epoch=0, cell_epochs=config.epochs,
+                          message=f"cell {cell.key}")
+
+            def on_epoch(epoch, m, _cell=cell):
+                status.update(cell_epoch=epoch, last={"val_macro_f1": round(m.get("val_macro_f1", math.nan), 4),
+                                                      "train_loss": round(m.get("train_loss", math.nan), 4)})
+
+            summary = run_cell(study, cell, on_epoch=on_epoch,
+                               on_stage=lambda text: status.update(message=text))
+            finished_now = i + 1
+            per_cell = (time.perf_counter() - t_cells) / finished_now
+            left = len(pending) - finished_now
+            log(f"    {config.metric} {summary[config.metric]:.4f}  best epoch {summary['best_epoch']}  "
+                f"{summary['seconds']:.1f} s  ({summary['n_train']} training images)")
+            parent.log_metrics({"cells_done": len(done) + finished_now}, step=len(done) + finished_now)
+            status.update(force=True, cells_done=len(done) + finished_now, eta_s=round(per_cell * left, 1),
+                          current=None)
+        cells_df = collect_cells(parent.run_id)
+        table = results_table(cells_df, config.metric, order=config.sets)
+        csv, long_csv = write_results(table, out / RESULTS_FILE)
+        parent.log_artifact(csv)
+        parent.log_artifact(long_csv)
+        log(table_text(table, config.metric))
+    seconds = round(time.perf_counter() - t_start, 1)
+    status.update(force=True, state="finished", message=f"{len(grid)} cells in {seconds} s", eta_s=0.0,
+                  results_csv=csv)
+    return {"study_run_id": parent.run_id, "study_key": config.key(), "out": str(out), "cells": len(grid),
+            "skipped": len(done), "ran": len(pending), "seconds": seconds, "results_csv": csv, "results_long_csv": long_csv,
+            "metric": config.metric, "test_hash": splits.test_hash,
+            "table": table[["set", "network", "n", "mean", "ci_low", "ci_high", "delta"]].to_dict("records")}
+
+
+class _NoStatus:
+    def update(self, force: bool = False, **fields) -> None:
+        pass
+
+
+# --- fan-out: job specs and run-cell ------------------------------------------------------------
+
+def write_specs(study: Study, pending: list[Cell]) -> list[Path]:
+    from core.jobs import write_json_atomic
+
+    folder = study.out / "specs"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    paths = []
+    for i, cell in enumerate(pending):
+        spec = {"format": SPEC_FORMAT, "study_run_id": study.run_id, "study_key": study.config.key(),
+                "data": str(study.ds.root), "out": str(study.out), "test_hash": study.splits.test_hash,
+                "cell": {"set": cell.set, "network": cell.network, "seed": cell.seed},
+                "config": study.config.to_dict()}
+        path = folder / f"{i:03d}-{cell.slug}.json"
+        write_json_atomic(path, spec)
+        paths.append(path)
+    return paths
+
+
+def read_spec(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such cell spec; write them with `python -m core study --plan-only`.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-plan the study.") from e
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"{path}: not a study cell spec (format {SPEC_FORMAT!r} expected).")
+    missing = [k for k in ("study_run_id", "study_key", "data", "out", "test_hash", "cell", "config") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: the spec lacks {', '.join(missing)}; re-plan the study.")
+    return spec
+
+
+def run_cell_spec(path: str | Path, *, log: Log = print, status=None) -> dict:
+    """``python -m core run-cell SPEC``: run one planned cell (skipped when already finished)."""
+    spec = read_spec(path)
+    config = StudyConfig.from_dict(spec["config"])
+    if config.key() != spec["study_key"]:
+        raise ValueError(f"{path}: its config does not match its study key; re-plan the study.")
+    c = spec["cell"]
+    cell = Cell(c["set"], c["network"], int(c["seed"]))
+    if cell.set not in config.sets or cell.network not in config.networks or cell.seed not in config.seeds:
+        raise ValueError(f"{path}: cell {cell.key} is not in the study's grid; re-plan the study.")
+    status = status or _NoStatus()
+    done = finished_cells(spec["study_run_id"])
+    if cell.key in done:
+        log(f"{cell.key}: already finished in run {done[cell.key].info.run_id}; skipped.")
+        return {"cell": cell.key, "skipped": True, "run_id": done[cell.key].info.run_id,
+                "study_run_id": spec["study_run_id"]}
+    check_networks(config)
+    ds = load_data(spec["data"])
+    splits = open_splits(ds, config, log)
+    if splits.test_hash != spec["test_hash"]:
+        raise TestSplitMismatch(f"{path}: the study's test split is {spec['test_hash']}, but {ds.root} gives "
+                                f"{splits.test_hash} here; the dataset changed since planning. Re-plan the study.")
+    study = Study(ds, config, splits, Path(spec["out"]), spec["study_run_id"], log)
+    status.update(force=True, state="running", current=cell.key, cells_total=1, cells_done=0,
+                  run_id=spec["study_run_id"], cell_epochs=config.epochs)
+    summary = run_cell(study, cell, on_epoch=lambda e, m: status.update(cell_epoch=e),
+                       on_stage=lambda text: status.update(message=text))
+    status.update(force=True, state="finished", cells_done=1, eta_s=0.0)
+    log(f"{cell.key}: {config.metric} {summary[config.metric]:.4f} in {summary['seconds']} s (run {summary['run_id']})")
+    return {**summary, "skipped": False, "study_run_id": spec["study_run_id"]}
