@@ -1,0 +1,232 @@
+"""Feature extractors for set metrics (FID, KID, precision/recall), nearest-neighbour search and
+the memorization audit. Each maps uint8 grey images (N, H, W) to float64 features (N, D).
+
+- ``domain`` (the default; works offline): the penultimate layer (global average pool, 128-d) of a
+  small CNN classifier trained on the real dataset's TRAIN split. It is trained once and cached in
+  the workspace under ``quality/encoders/``, keyed by the dataset's content hash, the input size,
+  epochs and seed; :func:`domain_encoder` reloads it from there.
+- ``inception``: torchvision's Inception-v3 pool features (2048-d, 299x299 input scaled to
+  [-1, 1]) with weights from a LOCAL file, never downloaded: ``weights=`` / ``--inception-weights``,
+  else ``MEDAUG_INCEPTION_WEIGHTS``, else the torch hub cache (``$TORCH_HOME/hub/checkpoints/``)
+  holding torchvision's ``inception_v3_google-*.pth`` or pytorch-fid's ``pt_inception-2015-12-05-*.pth``.
+  pytorch-fid's file loads into torchvision's blocks (same parameter names, 1008 classes); pytorch-fid
+  itself patches a few pooling layers, so FIDs from that file are close to, not identical with, its own.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+EXTRACTORS = ("domain", "inception")
+ENV_INCEPTION = "MEDAUG_INCEPTION_WEIGHTS"
+HUB_PATTERNS = ("inception_v3_google-*.pth", "pt_inception-2015-12-05-*.pth")
+ENCODER_FORMAT = "medaug-domain-encoder/1"
+FEATURE_DIM = 128
+
+
+class DomainCNN(nn.Module):
+    """Four stride-2 conv blocks -> global average pool (the 128-d features) -> linear classifier."""
+
+    def __init__(self, n_classes: int, width: int = 16):
+        super().__init__()
+        chans = [1, width, width * 2, width * 4, FEATURE_DIM]
+        layers = []
+        for cin, cout in itertools.pairwise(chans):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(FEATURE_DIM, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:   # (B, 1, S, S) in [-1, 1] -> (B, 128)
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def to_input(images, size: int) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, size, size) in [-1, 1] (antialiased resize when needed)."""
+    t = torch.as_tensor(np.ascontiguousarray(images)).float()[:, None] / 127.5 - 1.0
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t
+
+
+@dataclass
+class Extractor:
+    name: str                          # "domain" or "inception"
+    description: str                   # shown next to every number it produced
+    fn: Callable[[np.ndarray], np.ndarray]
+    dim: int
+
+    def __call__(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.dim))
+        with torch.inference_mode():
+            return np.concatenate([self.fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+# --- the domain encoder ----------------------------------------------------------------------
+
+def encoder_path(content_hash: str, size: int, epochs: int, seed: int) -> Path:
+    from core.workspace import workspace_dir
+
+    folder = workspace_dir("quality") / "encoders"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{content_hash[:16]}-s{size}-e{epochs}-seed{seed}.pt"
+
+
+def train_domain_encoder(images: np.ndarray, labels: np.ndarray, classes: list[str], size: int = 64,
+                         epochs: int = 8, seed: int = 0, batch: int = 32,
+                         on_progress: Callable[[int, int, str], None] | None = None) -> tuple[DomainCNN, dict]:
+    """Train the classifier on uint8 images (N, H, W) with class indices; returns (model, info)."""
+    if len(images) < 2:
+        raise ValueError("the domain encoder needs at least 2 training images; the real set's train split is too small.")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DomainCNN(len(classes))
+    x = to_input(images, size)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(y, minlength=len(classes)).float()
+    # inverse square-root frequency: rare classes count more without a few images dominating
+    weight = torch.where(counts > 0, (counts.max() / counts.clamp(min=1)).sqrt(), torch.zeros_like(counts))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps_per_epoch = max(1, -(-len(x) // batch))
+    report = on_progress or (lambda d, t, m: None)
+    t0 = time.perf_counter()
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        correct = 0
+        for s in range(steps_per_epoch):
+            idx = order[s * batch:(s + 1) * batch]
+            if len(idx) < 2:
+                continue
+            xb = x[idx]
+            shift = torch.randint(-3, 4, (2,), generator=g).tolist()   # small translations only: anatomy has an up
+            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx], weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += int((logits.argmax(1) == y[idx]).sum())
+        report(epoch + 1, epochs, f"training the domain encoder: epoch {epoch + 1}/{epochs}, "
+                                  f"train accuracy {correct / len(x):.2f}")
+    model.eval()
+    info = {"epochs": epochs, "size": size, "seed": seed, "train_images": len(x),
+            "train_accuracy": round(correct / len(x), 4), "seconds": round(time.perf_counter() - t0, 2)}
+    return model, info
+
+
+def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
+                   on_progress: Callable[[int, int, str], None] | None = None) -> Extractor:
+    """The dataset's domain encoder, from the workspace cache or trained now on its TRAIN split."""
+    from core.data.cache import pixel_cache
+    from core.gan.train import save_checkpoint  # atomic torch.save
+
+    path = encoder_path(ds.content_hash, size, epochs, seed)
+    state = None
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 -- a damaged cache file is rebuilt, never trusted
+            state = None
+        if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
+            state = None
+    if state is None:
+        cache = pixel_cache(ds, size)
+        df = ds.manifest
+        rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & cache.ok)
+        labels = df["label"].to_numpy()[rows]
+        classes = [c for c in ds.classes if c in set(labels)]
+        if len(classes) < 2:
+            raise ValueError(f"{ds.root}: the domain encoder is a classifier and needs at least 2 classes with "
+                             f"training images; use --extractor inception with a local weights file instead.")
+        index = {c: i for i, c in enumerate(classes)}
+        model, info = train_domain_encoder(np.asarray(cache.array[rows]), np.array([index[c] for c in labels]),
+                                           classes, size, epochs, seed, on_progress=on_progress)
+        state = {"format": ENCODER_FORMAT, "state_dict": model.state_dict(), "classes": classes,
+                 "dataset_hash": ds.content_hash, **info}
+        save_checkpoint(path, state)
+    model = DomainCNN(len(state["classes"]))
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    desc = (f"domain encoder: 128-d penultimate layer of a CNN trained on {ds.id} train split "
+            f"({state['train_images']} images, {state['epochs']} epochs at {state['size']} px, train accuracy "
+            f"{state['train_accuracy']:.2f})")
+    return Extractor("domain", desc, lambda imgs: model.features(to_input(imgs, size)).double().numpy(), FEATURE_DIM)
+
+
+# --- Inception-v3 from a local weights file ---------------------------------------------------------
+
+def find_inception_weights(path: str | Path | None = None) -> Path | None:
+    """The weights file to use: ``path``, else MEDAUG_INCEPTION_WEIGHTS, else the torch hub cache."""
+    given = path or os.environ.get(ENV_INCEPTION)
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_file():
+            raise ValueError(f"Inception weights {p}: no such file (from {'--inception-weights' if path else ENV_INCEPTION}); "
+                             f"give the path of inception_v3_google-*.pth or pt_inception-2015-12-05-*.pth.")
+        return p
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for pattern in HUB_PATTERNS:
+        found = sorted(hub.glob(pattern))
+        if found:
+            return found[-1]
+    return None
+
+
+def inception_extractor(weights: str | Path | None = None, device: str = "cpu") -> Extractor:
+    """Inception-v3 pool features from a local weights file (see the module docstring)."""
+    from torchvision.models import inception_v3
+
+    path = find_inception_weights(weights)
+    if path is None:
+        raise ValueError(f"No Inception-v3 weights found: set {ENV_INCEPTION} or --inception-weights to a local "
+                         f"inception_v3_google-*.pth (torchvision) or pt_inception-2015-12-05-*.pth (pytorch-fid), or "
+                         f"put one in {Path(torch.hub.get_dir()) / 'checkpoints'}. Nothing is downloaded; the default "
+                         f"'domain' extractor works offline.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as a weights file ({type(e).__name__}: {str(e)[:200]}).") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise ValueError(f"{path}: not an Inception-v3 state dict (no fc.weight); use torchvision's or pytorch-fid's file.")
+    n_classes = int(state["fc.weight"].shape[0])
+    model = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=n_classes,
+                         transform_input=False)
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit torchvision's Inception-v3 ({str(e)[:300]}).") from e
+    model.fc = nn.Identity()
+    model.eval().to(device)
+
+    def features(imgs: np.ndarray) -> np.ndarray:
+        x = to_input(imgs, 299).expand(-1, 3, -1, -1).to(device)   # grey -> 3 channels, [-1, 1]
+        return model(x).double().cpu().numpy()
+
+    return Extractor("inception", f"Inception-v3 pool3 (2048-d) from {path.name}", features, 2048)
+
+
+def get_extractor(name: str, ds=None, *, weights: str | Path | None = None, size: int = 64, epochs: int = 8,
+                  seed: int = 0, on_progress=None) -> Extractor:
+    if name == "domain":
+        if ds is None:
+            raise ValueError("the domain extractor needs the real dataset it is trained on.")
+        return domain_encoder(ds, size, epochs, seed, on_progress)
+    if name == "inception":
+        return inception_extractor(weights)
+    raise ValueError(f"extractor={name!r}: choose one of {', '.join(EXTRACTORS)}.")
