@@ -276,7 +276,6 @@ def manage_tab(sel) -> None:
 
 def trash_actions(sel) -> None:
     labels = R.run_labels(sel)
-    st.caption(R.TRASH_NOTE)
     if st.button(f"Restore {len(sel)} run(s)", key="runs_restore", icon=":material/restore_from_trash:"):
         R.restore_runs(sel["run_id"])
         st.session_state["runs_selected"] = []
@@ -316,6 +315,8 @@ def main() -> None:
         else:
             getting_started()
         return
+    if trash:
+        st.info(R.TRASH_NOTE + " Select runs below and restore them.", icon=":material/delete:")
     f = filters(table)
     shown = R.filter_runs(table, f)
     top[0].caption(f"{len(shown)} of {len(table)} {'deleted ' if trash else ''}runs shown · listed in "
