@@ -86,9 +86,12 @@ def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None)
 
 # --- runs / reports -------------------------------------------------------------------------
 
+RUN_PALETTE = tuple(c for c in PALETTE if c not in ("#7f7f7f", "#F0E442"))  # grey and yellow read poorly as lines
+
+
 def run_color(i: int) -> str:
-    """Colour of the i-th compared run (grey, the first palette entry, is left out)."""
-    return PALETTE[1 + i % (len(PALETTE) - 1)]
+    """Colour of the i-th compared run."""
+    return RUN_PALETTE[i % len(RUN_PALETTE)]
 
 
 def run_curves_figure(curves: pd.DataFrame, key: str, x: str = "step", title: str | None = None):

@@ -34,6 +34,7 @@ h3{margin:22px 0 8px;font-size:17px}
 .meta{color:#59636e;font-size:14px} code{background:#f6f8fa;padding:1px 5px;border-radius:4px;font-size:90%}
 table{border-collapse:collapse;font-size:13px;margin:8px 0;max-width:100%}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+td.id{font-family:ui-monospace,monospace;font-size:11px;word-break:break-all;min-width:110px}
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.diff td{background:#fff4d6} tr.diff th{background:#ffe7a3}
 .note{color:#59636e;font-size:13px}
@@ -62,13 +63,14 @@ def _num(v) -> str:
 
 
 def _table(header: list[str], rows: Iterable[list], classes: Iterable[str] | None = None,
-           numeric: set[int] | None = None) -> str:
-    numeric = numeric or set()
+           numeric: set[int] | None = None, ids: set[int] | None = None) -> str:
+    numeric, ids = numeric or set(), ids or set()
     classes = list(classes) if classes is not None else None
     out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
         cells = "".join(f'<td class="num">{_num(v)}</td>' if j in numeric else
+                        f'<td class="id">{_e(v)}</td>' if j in ids else
                         (f"<th>{_e(v)}</th>" if j == 0 else f"<td>{_e(v)}</td>") for j, v in enumerate(row))
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</tbody></table>")
@@ -150,7 +152,7 @@ def build_report(run_ids: Iterable[str], *, title: str | None = None, include_ch
                      r["start_time"].strftime("%Y-%m-%d %H:%M:%S UTC") if r["start_time"] == r["start_time"] else "",
                      r["duration_s"], parent, r["dataset_id"], r["dataset_hash"], r["code_version"]])
     body.append(_table(["run", "run id", "kind", "status", "experiment", "started", "duration (s)", "parent",
-                        "dataset", "dataset content hash", "code version"], rows, numeric={6}))
+                        "dataset", "dataset content hash", "code version"], rows, numeric={6}, ids={1, 9, 10}))
     datasets = sorted({(d, h) for d, h in zip(table["dataset_id"], table["dataset_hash"]) if d or h})
     versions = sorted(v for v in set(table["code_version"]) if v)
     body.append(f'<p class="note">Datasets: {", ".join(f"<code>{_e(d)}</code> ({_e(h)})" for d, h in datasets) or "none tagged"}'

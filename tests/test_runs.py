@@ -27,7 +27,8 @@ def grid_png(ds, path: Path, epoch: int, epochs: int, seed: int, n: int = 16, si
     paths = [ds.path_of(r) for _, r in ds.manifest.iloc[seed: seed + n].iterrows()]
     tiles = []
     for p in paths:
-        img = np.asarray(Image.fromarray(read_image(p)).convert("L").resize((size, size)), dtype=np.float32)
+        img = np.asarray(Image.fromarray((read_image(p) * 255).astype(np.uint8)).resize((size, size)),
+                         dtype=np.float32)
         noise = rng.normal(0, 255, img.shape) * (1 - epoch / epochs) ** 1.5
         tiles.append(np.clip(img * (0.6 + 0.4 * epoch / epochs) + noise, 0, 255))
     rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, n, 4)]
