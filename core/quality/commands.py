@@ -56,7 +56,8 @@ def config_from_args(args):
 def cmd_quality(args) -> dict:
     from core.data.datasets import load_dataset
     from core.jobs import write_json_atomic
-    from core.quality.evaluate import PAIRS_DIR, REPORT_FILES, evaluate
+    from core.quality.evaluate import evaluate
+    from core.quality.report import PAIRS_DIR, REPORT_FILES, load_report
     from core.tracking import start_run
     from core.workspace import workspace_dir
 
@@ -89,19 +90,18 @@ def cmd_quality(args) -> dict:
                                  if isinstance(row.get(m), (int, float)) and row[m] == row[m]}, step=0)
             import pandas as pd
 
-            epochs = pd.read_csv(out / "epochs.csv") if (out / "epochs.csv").stat().st_size > 1 else pd.DataFrame()
-            for r in epochs.to_dict("records"):
+            for r in load_report(out).epochs.to_dict("records"):
                 run.log_metrics({f"epoch.{m}": r[m] for m in ("fid", "kid", "precision", "recall", "mean_ssim")
                                  if r.get(m) == r.get(m)}, step=int(r["epoch"]))
             if summary["sets"]:
                 run.log_table(pd.DataFrame(summary["sets"]), "quality/sets_table.json")
             run.set_tags({"medaug.quality.sets": " | ".join(r["set"] for r in summary["sets"])[:4000],
                           "medaug.quality.extractor_description": summary["extractor_description"][:4000]})
-            for name in (*REPORT_FILES, "pairs.csv"):
+            for name in REPORT_FILES:
                 if (out / name).is_file():
                     run.log_artifact(out / name, "quality")
             if any((out / PAIRS_DIR).iterdir()):
-                run.log_artifact(out / PAIRS_DIR, f"quality/{PAIRS_DIR}")
+                run.client.log_artifacts(run.run_id, str(out / PAIRS_DIR), f"quality/{PAIRS_DIR}")
     except BaseException as e:
         write_json_atomic(status_path, {**status, "state": "failed", "message": f"{type(e).__name__}: {e}"})
         raise
@@ -139,6 +139,9 @@ def register(sub) -> None:
                    help="images sampled per class from a checkpoint (default 64)")
     s.add_argument("--max-images", dest="max_images", type=int, default=None, help="cap per set (default 2000)")
     s.add_argument("--boot", dest="n_boot", type=int, default=None, help="bootstrap resamples (default 50)")
+    s.add_argument("--kid-subsets", dest="kid_subsets", type=int, default=None, help="KID subsets (default 50)")
+    s.add_argument("--diversity-pairs", dest="diversity_pairs", type=int, default=None,
+                   help="random pairs for the within-set MS-SSIM diversity (default 200)")
     s.add_argument("--encoder-epochs", dest="encoder_epochs", type=int, default=None,
                    help="domain encoder training epochs (default 8; cached per dataset)")
     s.add_argument("--seed", type=int, default=None, help="seed (default 0)")

@@ -27,8 +27,8 @@ import pandas as pd
 from core.quality import memorization, metrics, setmetrics
 
 Progress = Callable[[int, int, str], None]
-REPORT_FILES = ("report.json", "sets.csv", "per_image.csv", "memorization.csv", "epochs.csv")
-PAIRS_DIR = "pairs"
+from core.quality.report import PAIRS_DIR, REPORT_FILES  # noqa: F401 -- re-exported
+
 PER_IMAGE_METRICS = ("ssim", "ms_ssim", "psnr", "mse", "rmse", "nrmse", "feature_distance")
 
 
@@ -377,30 +377,3 @@ def evaluate(cfg: QualityConfig, out: str | Path, on_progress: Progress | None =
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
     report(total, total, "done")
     return summary
-
-
-@dataclass
-class Report:
-    """A report folder read back (the job's output, or a quality run's MLflow artifacts)."""
-    folder: Path
-    summary: dict
-    sets: pd.DataFrame
-    per_image: pd.DataFrame
-    memorization: pd.DataFrame
-    epochs: pd.DataFrame
-    pairs: pd.DataFrame
-
-
-def load_report(folder: str | Path) -> Report:
-    folder = Path(folder)
-    if not (folder / "report.json").is_file():
-        raise ValueError(f"{folder}: no report.json; run `python -m core quality ... --out {folder}` first.")
-
-    def table(name: str) -> pd.DataFrame:
-        try:
-            return pd.read_csv(folder / name)
-        except (FileNotFoundError, pd.errors.EmptyDataError):
-            return pd.DataFrame()
-
-    return Report(folder, json.loads((folder / "report.json").read_text()), table("sets.csv"), table("per_image.csv"),
-                  table("memorization.csv"), table("epochs.csv"), table("pairs.csv"))

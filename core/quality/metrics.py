@@ -38,7 +38,10 @@ ENGINES = ("auto", "separable", "torchmetrics")
 
 def as_batch(images, name: str = "images") -> torch.Tensor:
     """(N, H, W) or (H, W) uint8/float array or tensor -> float32 tensor (N, H, W)."""
-    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        images = np.ascontiguousarray(images)
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
+    t = images
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:

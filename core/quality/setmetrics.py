@@ -168,7 +168,7 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, *, n_boot: int = 50, kid_sub
     out["fid_lo"], out["fid_hi"] = bootstrap(fid_fast, real, fake, n_boot, seed)
     out["kid"], out["kid_std"], out["kid_subset"] = kid(real, fake, kid_subsets, seed=seed)
     m = out["kid_subset"]
-    out["kid_lo"], out["kid_hi"] = bootstrap(lambda a, b: kid(a, b, max(5, kid_subsets // 5), m, seed)[0],
+    out["kid_lo"], out["kid_hi"] = bootstrap(lambda a, b: kid(a, b, max(2, kid_subsets // 10), m, seed)[0],
                                              real, fake, n_boot, seed + 1)
     out["precision"], out["recall"], out["pr_k"] = precision_recall(real, fake, k)
     pr = {"precision": 0, "recall": 1}
