@@ -114,3 +114,191 @@ def run_curves_figure(curves: pd.DataFrame, key: str, x: str = "step", title: st
                       margin={"l": 10, "r": 10, "t": 50, "b": 10}, legend={"orientation": "h", "y": -0.2},
                       hovermode="closest")
     return fig
+
+
+# --- quality (core.quality reports) -----------------------------------------------------------
+
+QUALITY_METRIC_NAMES = {"ssim": "SSIM", "ms_ssim": "MS-SSIM", "psnr": "PSNR (dB)", "mse": "MSE", "rmse": "RMSE",
+                        "nrmse": "NRMSE", "feature_distance": "feature distance"}
+
+
+def set_color(i: int) -> str:
+    """Colour of the i-th compared set (class colours keep their own meaning elsewhere)."""
+    return PALETTE[(i + 1) % len(PALETTE)]
+
+
+def quality_distribution_figure(per_image: pd.DataFrame, metric: str = "ssim", classes: list[str] | None = None,
+                                kind: str = "violin"):
+    """Per-image ``metric`` (against the nearest real training image) as violins (or boxes) per class,
+    one colour per synthetic set, side by side."""
+    import plotly.graph_objects as go
+
+    name = QUALITY_METRIC_NAMES.get(metric, metric)
+    data = per_image[pd.to_numeric(per_image[metric], errors="coerce").abs() < float("inf")]
+    order = [c for c in (classes or []) if c in set(data["class"])] + sorted(set(data["class"]) - set(classes or []))
+    fig = go.Figure()
+    for i, (set_name, d) in enumerate(data.groupby("set", sort=False)):
+        common = {"x": d["class"], "y": d[metric], "name": set_name, "legendgroup": set_name, "marker_color": set_color(i),
+                      "hovertext": d["image_id"], "hovertemplate": "%{hovertext}<br>" + name + " %{y:.4g}<extra>%{x}</extra>"}
+        if kind == "box":
+            fig.add_box(boxpoints="all", jitter=0.4, pointpos=0, **common)
+        else:
+            fig.add_violin(box_visible=True, meanline_visible=True, points="all", jitter=0.3, pointpos=0,
+                           scalemode="width", spanmode="hard", **common)
+    mode = {"boxmode": "group"} if kind == "box" else {"violinmode": "group"}
+    fig.update_layout(title=f"{name} of each synthetic image against its nearest real training image",
+                      yaxis_title=name, xaxis={"categoryorder": "array", "categoryarray": order, "title": None},
+                      legend={"orientation": "h", "y": -0.18}, height=430, margin={"l": 10, "r": 10, "t": 50, "b": 10}, **mode)
+    return fig
+
+
+def quality_sets_figure(sets: pd.DataFrame):
+    """Set metrics with their 95% bootstrap intervals: FID (left) and precision / recall (right)."""
+    from plotly.subplots import make_subplots
+
+    extractor = ", ".join(sorted(set(sets["extractor"].astype(str)))) if "extractor" in sets else "?"
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], horizontal_spacing=0.1,
+                        subplot_titles=(f"FID ({extractor} features), lower is better",
+                                        "Precision (fidelity) and recall (coverage), higher is better"))
+    colors = [set_color(i) for i in range(len(sets))]
+    fig.add_bar(x=sets["set"], y=sets["fid"], marker_color=colors, showlegend=False, row=1, col=1,
+                error_y={"type": "data", "symmetric": False, "array": (sets["fid_hi"] - sets["fid"]).clip(lower=0),
+                             "arrayminus": (sets["fid"] - sets["fid_lo"]).clip(lower=0)},
+                hovertemplate="%{x}<br>FID %{y:.4g}<extra></extra>")
+    for metric, pattern in (("precision", ""), ("recall", "/")):
+        fig.add_bar(x=sets["set"], y=sets[metric], name=metric, marker_color=colors, marker_pattern_shape=pattern,
+                    row=1, col=2, error_y={"type": "data", "symmetric": False,
+                                               "array": (sets[f"{metric}_hi"] - sets[metric]).clip(lower=0),
+                                               "arrayminus": (sets[metric] - sets[f"{metric}_lo"]).clip(lower=0)},
+                    hovertemplate="%{x}<br>" + metric + " %{y:.2f}<extra></extra>")
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    fig.update_layout(barmode="group", height=380, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      legend={"orientation": "h", "y": -0.2, "title": "hatched: recall"})
+    return fig
+
+
+def quality_epochs_figure(epochs: pd.DataFrame, title: str = "Fidelity over training"):
+    """Set metrics of each epoch's fixed-noise samples: FID (left axis), precision, recall and mean
+    SSIM to the nearest real image (right axis, 0-1)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(x=epochs["epoch"], y=epochs["fid"], name="FID", mode="lines+markers",
+                    line={"color": "#D55E00", "width": 3}, secondary_y=False)
+    for metric, color, dash in (("precision", "#0072B2", "solid"), ("recall", "#009E73", "dash"),
+                                ("mean_ssim", "#7f7f7f", "dot")):
+        if metric in epochs:
+            fig.add_scatter(x=epochs["epoch"], y=epochs[metric], name=metric.replace("mean_ssim", "mean SSIM"),
+                            mode="lines+markers", line={"color": color, "dash": dash}, secondary_y=True)
+    fig.update_yaxes(title_text="FID (lower is better)", secondary_y=False)
+    fig.update_yaxes(title_text="precision / recall / SSIM", range=[0, 1.05], secondary_y=True)
+    fig.update_layout(title=title, xaxis_title="epoch", height=380, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def memorization_figure(memorization: pd.DataFrame, sets: pd.DataFrame):
+    """Each synthetic image's distance to its nearest training image (same class), per set, with the
+    near-copy threshold and the real-to-real median drawn as lines."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (set_name, d) in enumerate(memorization.groupby("set", sort=False)):
+        fig.add_histogram(x=d["distance"], name=set_name, marker_color=set_color(i), opacity=0.7, nbinsx=40)
+    if len(sets):
+        fig.add_vline(x=float(sets["memorization_threshold"].min()), line_dash="dash", line_color="#D55E00",
+                      annotation_text="near-copy threshold", annotation_position="top left")
+        fig.add_vline(x=float(sets["real_real_median"].median()), line_dash="dot", line_color="#555",
+                      annotation_text="real-to-real median", annotation_position="top right")
+    fig.update_layout(barmode="overlay", title="Distance to the nearest training image (feature space)",
+                      xaxis_title="distance", yaxis_title="synthetic images", height=340,
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+# --- classification / study ------------------------------------------------------------------------
+
+def study_bar_figure(table: pd.DataFrame, metric: str = "macro_f1"):
+    """Bars of the results table: one group per augmentation set, one bar per network, with
+    95% CI whiskers, and a dotted line at each network's real-only mean."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    labels = list(dict.fromkeys(table["set_label"]))
+    for i, (net, sub) in enumerate(table.groupby("network", sort=False)):
+        sub = sub.set_index("set_label").reindex(labels)
+        color = PALETTE[(i + 5) % len(PALETTE)]
+        fig.add_bar(x=labels, y=sub["mean"], name=net, marker_color=color,
+                    error_y={"type": "data", "symmetric": False, "array": (sub["ci_high"] - sub["mean"]).tolist(),
+                             "arrayminus": (sub["mean"] - sub["ci_low"]).tolist(), "thickness": 1.4, "width": 4},
+                    customdata=sub[["ci_low", "ci_high", "delta", "n"]].to_numpy(),
+                    hovertemplate="%{x}<br>" + net + ": %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                                  "<br>Δ vs real %{customdata[2]:+.3f} · %{customdata[3]} seed(s)<extra></extra>")
+        base = sub.loc[labels[0], "mean"] if labels and labels[0] == "real only" else None
+        if base is not None and pd.notna(base):
+            fig.add_hline(y=base, line_dash="dot", line_color=color, opacity=0.8,
+                          annotation_text=f"real only ({net})", annotation_position="top left")
+    fig.update_layout(barmode="group", title=f"{metric} by augmentation set (95% CI)", yaxis_title=metric,
+                      xaxis_tickangle=-30, height=440, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+                      legend={"orientation": "h", "y": 1.08, "x": 1, "xanchor": "right"})
+    return fig
+
+
+def delta_heatmap_figure(delta: pd.DataFrame, title: str = "Δ sensitivity against real only"):
+    """Rows = augmentation sets, columns = classes, colour = change in sensitivity (diverging,
+    centred on 0), with the value written in each cell."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    z = delta.to_numpy(dtype=float)
+    finite = np.isfinite(z)
+    bound = float(max(0.05, np.abs(z[finite]).max())) if finite.any() else 1.0
+    text = [[(f"{v:+.2f}" if np.isfinite(v) else "") for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=list(delta.columns), y=list(delta.index), colorscale="RdBu", zmid=0,
+                               zmin=-bound, zmax=bound, text=text, texttemplate="%{text}",
+                               colorbar={"title": "Δ sens."},
+                               hovertemplate="%{y}<br>%{x}: Δ sensitivity %{z:+.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=140 + 32 * len(delta), margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      yaxis={"autorange": "reversed"}, xaxis={"side": "bottom", "tickangle": -25})
+    return fig
+
+
+CLASSIFIER_CURVES = (("train_loss", "train loss", 1), ("val_loss", "val loss", 1), ("train_acc", "train accuracy", 2),
+                     ("val_acc", "val accuracy", 2), ("val_macro_f1", "val macro-F1", 2))
+
+
+def classifier_curves_figure(history: pd.DataFrame, best_epoch: int | None = None, title: str | None = None):
+    """A classifier's epoch curves from a long (key, step, value) table: losses on top,
+    accuracy and macro-F1 below; a dotted line marks the epoch whose weights were tested."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=("Loss", "Accuracy and macro-F1"))
+    for i, (key, name, row) in enumerate(CLASSIFIER_CURVES):
+        h = history[history["key"] == key]
+        if h.empty:
+            continue
+        fig.add_scatter(x=h["step"], y=h["value"], mode="lines+markers", name=name, row=row, col=1,
+                        line={"color": PALETTE[(i % 4) + 5 if key.startswith("val") else (i % 4) + 1],
+                              "dash": "solid" if key.startswith("val") else "dot"})
+    if best_epoch:
+        fig.add_vline(x=best_epoch, line_dash="dot", line_color="#555", annotation_text="tested")
+    fig.update_xaxes(title_text="epoch", row=2, col=1)
+    fig.update_layout(title=title, height=460, margin={"l": 10, "r": 10, "t": 60 if title else 30, "b": 10},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def confusion_matrix_figure(matrix, classes: list[str], title: str = "Confusion matrix (test split)"):
+    """Rows = true class, columns = predicted; colour = share of the true class, text = counts."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    cm = np.asarray(matrix, dtype=float)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
+                               text=cm.astype(int), texttemplate="%{text}", colorbar={"title": "row share"},
+                               hovertemplate="true %{y}<br>predicted %{x}: %{text} (%{z:.0%})<extra></extra>"))
+    fig.update_layout(title=title, height=160 + 34 * len(classes), margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      xaxis={"title": "predicted", "tickangle": -30}, yaxis={"title": "true", "autorange": "reversed"})
+    return fig

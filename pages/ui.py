@@ -17,6 +17,7 @@ PAGES = (
     ("pages/dataset.py", "Dataset", ":material/photo_library:"),
     ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
     ("pages/gan.py", "GAN", ":material/model_training:"),
+    ("pages/quality.py", "Quality", ":material/insights:"),
     ("pages/runs.py", "Runs", ":material/compare:"),
 )
 
@@ -25,7 +26,7 @@ WORKFLOW = (
     ("Data", "Load the phantom, VinDr-SpineXR or your own folders; see class balance.", "pages/dataset.py"),
     ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", "pages/augment.py"),
     ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", "pages/gan.py"),
-    ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", None),
+    ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", "pages/quality.py"),
     ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),
     ("Compare", "Compare runs side by side and export reports from MLflow.", "pages/runs.py"),
 )
