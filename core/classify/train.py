@@ -55,12 +55,13 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = "medaug-classifier-checkpoint/1"
 MODEL_FORMAT = "medaug-classifier-model/1"
 BALANCES = ("none", "weighted_loss", "sampler")
+SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 # fields that may change when resuming; every other field must match the checkpoint
 RESUMABLE_FIELDS = ("epochs", "patience", "device", "precision", "threads", "max_seconds", "log_every",
                     "eval_batch_size", "n_boot")
 # bf16 autocast on CPUs: measured by bench/classify.py on this project's 2-core Xeon (AMX): see use_bf16
-CPU_BF16_AUTO = False
+CPU_BF16_AUTO = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ClassifierConfig:
     batch_size: int = 32              # images per training step
     lr: float = 1e-3                  # AdamW learning rate
     weight_decay: float = 1e-4        # AdamW decoupled weight decay
+    schedule: str = "cosine"          # "cosine": lr decays to 0 over `epochs` (set per epoch); "constant"
     seed: int = 0                     # seeds weights, batch order, dropout and the label shuffle
     balance: str = "none"             # "none", "weighted_loss" (loss weights n / (K n_c)) or
                                       # "sampler" (each class drawn equally often, with replacement)
@@ -103,6 +105,8 @@ class ClassifierConfig:
             raise ValueError(f"weight_decay={self.weight_decay!r}: choose between 0 and 1.")
         if self.balance not in BALANCES:
             raise ValueError(f"balance={self.balance!r}: choose one of {', '.join(BALANCES)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
         if self.patience is not None and not (isinstance(self.patience, int) and 1 <= self.patience <= 10_000):
             raise ValueError(f"patience={self.patience!r}: choose at least 1 epoch, or None for no early stopping.")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -176,6 +180,14 @@ def use_bf16(device: torch.device, precision: str) -> bool:
     if device.type == "cuda":
         return True
     return CPU_BF16_AUTO and native_bf16(device)
+
+
+def epoch_lr(config: ClassifierConfig, epoch: int) -> float:
+    """Learning rate of 1-based ``epoch``: constant, or a cosine from lr down to lr/100 at the last epoch."""
+    if config.schedule == "constant" or config.epochs == 1:
+        return config.lr
+    t = (epoch - 1) / (config.epochs - 1)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -307,6 +319,10 @@ class ClassifierTrainer:
                                      fused=True)
         self._sums = torch.zeros(3, device=self.device)   # loss * n, correct, n: summed on the device
         self.step = 0
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -502,6 +518,7 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
     while loop["done"] is None and loop["epoch"] < config.epochs:
         epoch = loop["epoch"] + 1
         idx_all = epoch_indices(trainer.n_train, trainer.train_y, epoch, config, trainer.rank, trainer.world_size)
+        trainer.set_lr(epoch_lr(config, epoch))
         trainer.net.train()
         t_epoch = time.perf_counter()
         for i, idx in enumerate(batches(idx_all.to(trainer.device), config.batch_size)):
@@ -528,7 +545,7 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
                             bad_epochs=0)
             else:
                 loop["bad_epochs"] += 1
-        metrics.update(best_val_macro_f1=loop["best_score"], epoch_seconds=seconds,
+        metrics.update(best_val_macro_f1=loop["best_score"], lr=epoch_lr(config, epoch), epoch_seconds=seconds,
                        img_per_s=n_seen / max(seconds, 1e-9))
         loop["epoch"] = epoch
         loop["history"].append({"epoch": epoch, **metrics})

@@ -1,0 +1,251 @@
+"""CLI: ``python -m core train-classifier``.
+
+Trains one classifier on a dataset folder's manifest splits (single-label, pixel cache at the
+model's input size) through :func:`core.classify.train.train_classifier`; logs to MLflow
+through :mod:`core.tracking` (kind ``classifier``: params once, per-epoch metrics with
+``step=epoch``, test metrics, a confusion-matrix figure, a per-class metrics table and
+metrics.json as artifacts) and keeps ``<out>/status.json`` current for pages and job runners:
+
+    {"kind": "train-classifier", "state": "starting|running|finished|early_stopped|time_budget|
+     diverged|failed|cancelled", "message": str, "pid": int, "epoch": int, "epochs": int,
+     "eta_s": float|null, "img_per_s": float|null, "metrics": {last epoch's metrics},
+     "best_epoch": int, "run_id": str|null, "checkpoint": str|null, "model": str|null,
+     "test": {accuracy, balanced_accuracy, macro_f1, macro_auroc} | null, "out": str,
+     "config": {ClassifierConfig fields}, "started": iso, "updated": iso}
+
+``--config JSON`` holds the same fields as the flags (flags given on the command line win), so
+a job runner can launch ``python -m core train-classifier --config job.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+from core.cli import log, progress_printer
+
+# --config keys that are not ClassifierConfig fields
+JOB_KEYS = ("data", "out", "resume", "classes")
+
+
+def job_fields(args) -> dict:
+    """--config JSON overlaid by the flags given on the command line."""
+    fields: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            fields = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of "
+                             f"train-classifier fields.") from e
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {path}: expected one JSON object of train-classifier fields.")
+    for key, value in vars(args).items():
+        if key in ("config", "func", "command") or value is None:
+            continue
+        fields[key] = value
+    for key in ("data", "out"):
+        if not fields.get(key):
+            raise ValueError(f"train-classifier needs --{key} (or \"{key}\" in --config).")
+    return fields
+
+
+def _finite(value):
+    """NaN/inf -> None, recursively, so the JSON line and status file stay strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def confusion_figure(metrics: dict, title: str = "Confusion matrix (test)"):
+    """Plotly heatmap: rows true class, columns predicted; counts and row percentages."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    cm = np.array(metrics["confusion_matrix"], dtype=float)
+    names = metrics["classes"]
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    text = [[f"{int(cm[i, j])}<br>{share[i, j]:.0%}" if rows[i, 0] else "–" for j in range(len(names))]
+            for i in range(len(names))]
+    fig = go.Figure(go.Heatmap(z=share, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+                               zmin=0, zmax=1, colorbar={"title": "share of row"},
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      height=200 + 40 * len(names), margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
+def per_class_table(metrics: dict) -> dict[str, list]:
+    """Columns of the per-class metrics table (one row per class) with CI bounds."""
+    cols: dict[str, list] = {"class": [], "support": []}
+    for name, values in metrics["per_class"].items():
+        cols["class"].append(name)
+        cols["support"].append(values["support"])
+        for key in ("sensitivity", "specificity", "precision", "f1", "auroc"):
+            cols.setdefault(key, []).append(_finite(values[key]))
+            ci = metrics.get("ci", {}).get("per_class", {}).get(name, {}).get(key)
+            if ci:
+                cols.setdefault(f"{key}_ci_low", []).append(_finite(ci[0]))
+                cols.setdefault(f"{key}_ci_high", []).append(_finite(ci[1]))
+    return cols
+
+
+def cmd_train_classifier(args) -> dict:
+    from core.classify.data import classifier_splits
+    from core.classify.evaluate import SUMMARY_METRICS, flat_metrics
+    from core.classify.train import CHECKPOINT_FILE, ClassifierConfig, load_checkpoint, train_classifier
+    from core.data.datasets import load_dataset
+    from core.gan.commands import StatusFile
+    from core.tracking import start_run
+
+    fields = job_fields(args)
+    job = {k: fields.pop(k, None) for k in JOB_KEYS}
+    config = ClassifierConfig.from_dict(fields)       # fail fast on bad values, before loading pixels
+    out = Path(job["out"]).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(job["data"]).expanduser()
+    if not data.exists():
+        raise ValueError(f"--data {data}: no such folder; create one with `python -m core phantom --out {data}`.")
+    ds = load_dataset(data)
+    classes = job["classes"]
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    splits = classifier_splits(ds, config.input_size, classes, on_progress=progress_printer(0.25))
+    status = StatusFile(out, kind="train-classifier", out=str(out), state="starting", message="loading", epoch=0,
+                        epochs=config.epochs, eta_s=None, img_per_s=None, metrics={}, best_epoch=0, run_id=None,
+                        checkpoint=None, model=None, test=None, config=config.to_dict())
+    status.update(force=True)
+    counts = splits.counts()
+    log(f"train-classifier {config.model} at {config.input_size} px on {ds.id}: "
+        + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
+        + f" images, {len(splits.class_names)} classes, batch {config.batch_size}, up to {config.epochs} epochs -> {out}")
+    for note in splits.notes:
+        log(f"  note: {note}")
+
+    def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        params = {**config.to_dict(), "data": str(ds.root), "classes": json.dumps(splits.class_names),
+                  "n_train": len(splits.train[1]), "n_val": len(splits.val[1]), "n_test": len(splits.test[1]),
+                  "input_size": config.input_size, "out": str(out)}
+        tags = {"medaug.classifier.model": config.model, "medaug.out": str(out),
+                "medaug.classifier.shuffle_labels": config.shuffle_labels}
+        if job["resume"] and (out / CHECKPOINT_FILE).is_file():
+            tags["medaug.resumed"] = True
+        def tracking_trouble(message: str) -> None:
+            """The store failed or recovered (core.tracking queues and retries): say so, keep training."""
+            log(f"  tracking: {message}")
+            status.update(force=True, warning=None if "reachable again" in message else message)
+
+        with start_run("classifier", params, dataset=ds, tags=tags, on_error=tracking_trouble,
+                       run_name=f"{config.model} {config.input_size}px s{config.seed}"
+                                + (" shuffled labels" if config.shuffle_labels else "")) as run:
+            status.update(force=True, state="running", message="training", run_id=run.run_id)
+            t_start = time.monotonic()
+
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                run.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, epoch)
+                per_epoch = (time.monotonic() - t_start) / max(epoch - first_epoch[0], 1)
+                eta = per_epoch * (config.epochs - epoch)
+                status.update(force=True, epoch=epoch, img_per_s=round(metrics["img_per_s"], 2), eta_s=round(eta, 1),
+                              metrics=_finite({k: round(v, 5) for k, v in metrics.items()}),
+                              checkpoint=str(out / CHECKPOINT_FILE))
+                log(f"  epoch {epoch:>3}/{config.epochs}  train loss {metrics['train_loss']:.4f} acc "
+                    f"{metrics['train_acc']:.3f}  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
+                    f"macro-F1 {metrics['val_macro_f1']:.3f}  {metrics['img_per_s']:.0f} img/s")
+
+            first_epoch = [0]
+            if job["resume"] and (out / CHECKPOINT_FILE).is_file():
+                first_epoch[0] = int(load_checkpoint(out / CHECKPOINT_FILE)["loop"]["epoch"])
+            result = train_classifier(config, splits.train, splits.val, splits.test, splits.class_names,
+                                      on_epoch=on_epoch, checkpoint_dir=out, resume=bool(job["resume"]))
+            for note in result.notes:
+                log(f"  note: {note}")
+            m = result.metrics
+            if m:
+                run.log_metrics(flat_metrics(m), result.best_epoch)
+                metrics_path = out / "metrics.json"
+                metrics_path.write_text(json.dumps(_finite({"state": result.state, "message": result.message,
+                                                            "best_epoch": result.best_epoch, "metrics": m,
+                                                            "history": result.history}), indent=1))
+                run.log_artifact(metrics_path)
+                run.log_figure(confusion_figure(m), "confusion_matrix.html")
+                run.log_table(per_class_table(m), "per_class_metrics.json")
+                if result.model_path and result.model_path.stat().st_size < 200 * 2**20:
+                    run.log_artifact(result.model_path, "model")
+            run.set_tags({"medaug.classifier.state": result.state,
+                                   "medaug.classifier.best_epoch": result.best_epoch,
+                                   "medaug.classifier.precision": result.precision})
+            if result.state == "diverged":
+                status.update(force=True, state="diverged", message=result.message)
+                raise ValueError(result.message)
+    except KeyboardInterrupt:
+        status.update(force=True, state="cancelled", message="cancelled")
+        raise ValueError(f"train-classifier cancelled at epoch {status.fields['epoch']}; "
+                         f"continue with --resume --out {out}.") from None
+    except BaseException as e:
+        if status.fields.get("state") not in ("diverged",):
+            status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    test = {k: m[k] for k in SUMMARY_METRICS} if m else None
+    status.update(force=True, state=result.state, message=result.message, eta_s=0.0, best_epoch=result.best_epoch,
+                  model=str(result.model_path) if result.model_path else None, test=_finite(test))
+    log(f"{result.message} {result.images_per_s} img/s ({result.precision}, {result.device}).")
+    if m:
+        log("  test: " + "  ".join(f"{k} {m[k]:.3f} [{m['ci'][k][0]:.3f}, {m['ci'][k][1]:.3f}]" if m.get("ci")
+                                   else f"{k} {m[k]:.3f}" for k in SUMMARY_METRICS))
+    return _finite({
+        "run_id": run.run_id, "state": result.state, "epochs": len(result.history) and result.history[-1]["epoch"],
+        "best_epoch": result.best_epoch, "classes": splits.class_names, "test": test,
+        "ci": {k: m["ci"][k] for k in SUMMARY_METRICS} if m and m.get("ci") else None,
+        "sensitivity": {c: v["sensitivity"] for c, v in m["per_class"].items()} if m else None,
+        "images_per_s": result.images_per_s, "seconds": result.seconds, "precision": result.precision,
+        "out": str(out), "status": str(status.path), "model": str(result.model_path) if result.model_path else None,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None})
+
+
+def register(sub) -> None:
+    s = sub.add_parser("train-classifier", help="train and test one classifier on a dataset's splits",
+                       description="Train a classifier on the TRAIN split of a dataset folder, pick the epoch with "
+                                   "the best val macro-F1, test it on the untouched TEST split. Every flag can also "
+                                   "be given in --config JSON (flags win). Writes OUT/checkpoint.pt, OUT/model.pt, "
+                                   "OUT/metrics.json and OUT/status.json; logs to MLflow.")
+    s.add_argument("--data", help="dataset folder")
+    s.add_argument("--out", help="job folder for checkpoint, model, metrics and status.json")
+    s.add_argument("--config", help="JSON file with any of these options (flags given here win)")
+    s.add_argument("--model", default=None, help="small_cnn (default), resnet18, vgg16, googlenet, inception_v3")
+    s.add_argument("--classes", default=None, help="comma-separated subset of classes (default: all)")
+    s.add_argument("--image-size", dest="image_size", type=int, default=None,
+                   help="input side in px (default 64; Inception-v3 always 299)")
+    s.add_argument("--epochs", type=int, default=None, help="most epochs (default 30)")
+    s.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="batch size (default 32)")
+    s.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    s.add_argument("--weight-decay", dest="weight_decay", type=float, default=None, help="AdamW weight decay")
+    s.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="lr schedule (default cosine)")
+    s.add_argument("--balance", choices=("none", "weighted_loss", "sampler"), default=None,
+                   help="none (default), weighted_loss or sampler")
+    s.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs (default 8)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    s.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="auto: bf16 autocast on GPUs, fp32 on CPUs")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
+    s.add_argument("--weights", dest="weights_path", default=None, help="local pretrained state dict (.pt)")
+    s.add_argument("--aux-logits", dest="aux_logits", action="store_true", default=None,
+                   help="GoogLeNet: train with its auxiliary heads (Inception-v3 always does)")
+    s.add_argument("--shuffle-labels", dest="shuffle_labels", action="store_true", default=None,
+                   help="control run: train on permuted labels (expect chance-level test scores)")
+    s.add_argument("--max-seconds", dest="max_seconds", type=float, default=None, help="time budget of the training")
+    s.add_argument("--n-boot", dest="n_boot", type=int, default=None, help="bootstrap replicates (default 1000)")
+    s.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt if present")
+    s.set_defaults(func=cmd_train_classifier)
