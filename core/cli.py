@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "core.balance",
     "core.augment.commands",
     "core.gan.commands",
+    "core.classify.commands",
     "core.quality.commands",
     "core.study.commands",
     "core.report",
