@@ -18,6 +18,7 @@ PAGES = (
     ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
     ("pages/gan.py", "GAN", ":material/model_training:"),
     ("pages/quality.py", "Quality", ":material/insights:"),
+    ("pages/classify.py", "Classify", ":material/analytics:"),
     ("pages/runs.py", "Runs", ":material/compare:"),
 )
 
@@ -27,7 +28,7 @@ WORKFLOW = (
     ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", "pages/augment.py"),
     ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", "pages/gan.py"),
     ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", "pages/quality.py"),
-    ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", None),
+    ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", "pages/classify.py"),
     ("Compare", "Compare runs side by side and export reports from MLflow.", "pages/runs.py"),
 )
 

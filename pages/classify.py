@@ -1,0 +1,267 @@
+"""Classify page: train one classifier or run the augmentation study (augmentation sets x
+networks x seeds) as background jobs, watch them live, and read the study's answer from MLflow:
+the results table, CI bars, the per-class Δ sensitivity heatmap, epoch curves, confusion matrices."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core import jobs, tracking
+from core.charts import classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure, study_bar_figure
+from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, StudyConfig, cells, preset
+from core.study.results import collect_cells, delta_sensitivity, results_table, wide_table
+from pages import ui
+
+ds = ui.setup("Classify")
+st.title("Classification and the augmentation study")
+ui.synthetic_badge(ds)
+st.caption("Does augmentation help, for which class, by how much? Every cell trains on the **training split** plus "
+           "its augmented or synthetic images; validation and test images are never augmented, and every cell is "
+           "tested on the same test split.")
+JOB_COMMANDS = ("study", "train-classifier")
+CURVE_KEYS = ["train_loss", "val_loss", "train_acc", "val_acc", "val_macro_f1"]
+
+
+@st.cache_data(show_spinner=False)
+def network_notes() -> dict[str, str]:
+    from core.classify.models import MODELS  # loads torch: only when this page draws its forms
+
+    return {name: spec.note for name, spec in MODELS.items()}
+
+
+def launched(job: jobs.Job) -> None:
+    st.session_state["clf_job_pick"] = job.id   # the Live tab (drawn after this one) follows it
+    st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
+
+
+def study_form() -> None:
+    notes = network_notes()
+    top = st.columns([1, 3])
+    name = top[0].selectbox("Preset", PRESETS, key="st_preset",
+                            help="quick: phantom at 64 px, the small CNN, real + the 7 classic operations + DCGAN + "
+                                 "WGAN, 1 seed (CPU, < 15 min). paper: VGG16 + Inception-v3, every set, 3 seeds (GPU).")
+    base = preset(name)
+    sets = top[1].multiselect("Augmentation sets", list(AUG_SETS), default=list(base.sets), key=f"st_sets_{name}",
+                              format_func=lambda k: AUG_SETS[k].label,
+                              help="'real only' is the baseline of every Δ and is always included.")
+    c = st.columns(5)
+    networks = c[0].multiselect("Networks", list(notes), default=list(base.networks), key=f"st_nets_{name}")
+    n_seeds = c[1].number_input("Seeds", 1, 10, len(base.seeds), key=f"st_seeds_{name}",
+                                help="1 seed: bootstrap CIs on the test set; 2+: t intervals over seeds.")
+    epochs = c[2].number_input("Epochs per cell", 1, 500, base.epochs, key=f"st_epochs_{name}")
+    size = c[3].number_input("Image size (px)", 16, 512, base.image_size, key=f"st_size_{name}")
+    device = c[4].selectbox("Device", ["auto", "cpu", "cuda"], key="st_device")
+    with st.expander("GAN sets (trained once per study on the training split, shared by its cells)"):
+        g = st.columns(len(GAN_VARIANTS) + 1)
+        steps = {v: int(g[i].number_input(f"{v} steps", 1, 1_000_000, base.gan_steps[v], key=f"st_gan_{v}_{name}"))
+                 for i, v in enumerate(GAN_VARIANTS)}
+        cap = g[-1].number_input("Synthetic per real image (cap)", 0.0, 100.0, float(base.gan_cap), step=0.5,
+                                 key=f"st_cap_{name}", help="The balancing planner tops classes up to the largest "
+                                                            "class, at most this many synthetic images per real one.")
+    fields = {"sets": ["real", *[s for s in sets if s != "real"]], "networks": networks,
+              "seeds": list(range(int(n_seeds))), "epochs": int(epochs), "image_size": int(size), "device": device,
+              "gan_steps": steps, "gan_cap": float(cap)}
+    try:
+        config = StudyConfig.from_dict({**base.to_dict(), **fields})
+        if not networks:
+            raise ValueError("choose at least one network.")
+    except ValueError as e:
+        st.error(str(e))
+        return
+    n = len(cells(config))
+    gans = config.gan_variants()
+    st.caption(f"**{n} cells** ({len(config.sets)} sets × {len(config.networks)} networks × {len(config.seeds)} seeds)"
+               + (f", plus one {', '.join(gans)} GAN each" if gans else "") + f". Dataset `{ds.id}`.")
+    if st.button("Launch study", type="primary", icon=":material/play_arrow:", key="st_launch"):
+        job = jobs.submit(["study"], config={**fields, "preset": name, "data": str(ds.root), "out": "{job_dir}"},
+                          label=f"study · {name} · {n} cells")
+        launched(job)
+
+
+def single_form() -> None:
+    notes = network_notes()
+    c = st.columns(3)
+    model = c[0].selectbox("Network", list(notes), key="one_model", help="\n".join(f"{k}: {v}" for k, v in notes.items()))
+    c[0].caption(notes[model])
+    size = c[1].number_input("Image size (px)", 16, 512, 64, key="one_size", help="Inception-v3 always uses 299 px.")
+    epochs = c[2].number_input("Epochs", 1, 1000, 10, key="one_epochs")
+    d = st.columns(5)
+    batch = d[0].number_input("Batch", 2, 1024, 32, key="one_batch")
+    lr = d[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="one_lr")
+    balance = d[2].selectbox("Class balance", ["none", "weighted_loss", "sampler"], key="one_balance")
+    seed = d[3].number_input("Seed", 0, 2**31 - 1, 0, key="one_seed")
+    device = d[4].selectbox("Device", ["auto", "cpu", "cuda"], key="one_device")
+    shuffled = st.toggle("Shuffled-label control", key="one_shuffle",
+                         help="Train on permuted training labels: an honest run reaches only chance-level macro-F1.")
+    if st.button("Launch training", type="primary", icon=":material/play_arrow:", key="one_launch"):
+        config = {"model": model, "image_size": int(size), "epochs": int(epochs), "batch_size": int(batch),
+                  "lr": float(lr), "balance": balance, "seed": int(seed), "device": device,
+                  "shuffle_labels": shuffled, "data": str(ds.root), "out": "{job_dir}"}
+        launched(jobs.submit(["train-classifier"], config=config,
+                             label=f"{model} · {size}px" + (" · shuffled labels" if shuffled else "")))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def cell_report(run_id: str) -> dict:
+    """metrics.json of a finished cell or classifier run (confusion matrix, per-class metrics)."""
+    path = tracking.download_artifact(run_id, "metrics.json")
+    return json.loads(path.read_text())
+
+
+def curves_and_confusion(run_id: str, where: str, best_epoch: int | None = None, finished: bool = True) -> None:
+    left, right = st.columns([3, 2])
+    history = tracking.metric_history(run_id, CURVE_KEYS)
+    if history.empty:
+        left.caption("No epoch has finished yet.")
+    else:
+        left.plotly_chart(classifier_curves_figure(history, best_epoch), key=f"clf_curves_{where}_{run_id}")
+    if not finished:
+        return
+    try:
+        report = cell_report(run_id)
+    except Exception:  # noqa: BLE001 (an unfinished or failed run has no metrics.json; MLflow raises various types)
+        right.caption("No test metrics for this run.")
+        return
+    m = report["metrics"]
+    right.plotly_chart(confusion_matrix_figure(m["confusion_matrix"], m["classes"]), key=f"clf_cm_{where}_{run_id}")
+    right.caption(f"Test: accuracy {m['accuracy']:.3f} · balanced accuracy {m['balanced_accuracy']:.3f} · "
+                  f"macro-F1 {m['macro_f1']:.3f} (epoch {report.get('best_epoch')} weights, n = {m['n']}).")
+
+
+def study_progress(job: jobs.Job) -> None:
+    s = job.status
+    total, done = s.get("cells_total"), s.get("cells_done") or 0
+    if total:
+        eta = s.get("eta_s")
+        cur = s.get("current")
+        text = f"cells {done}/{total}"
+        if cur and job.active:
+            text += f" · now {cur} (epoch {s.get('cell_epoch', 0)}/{s.get('cell_epochs', '?')})"
+        if eta and job.active:
+            text += f" · ETA {eta / 60:.1f} min"
+        st.progress(min(1.0, done / total), text=text)
+    if s.get("message") and job.active:
+        st.caption(s["message"])
+    if s.get("run_id") and done:
+        results_view(s["run_id"], f"live_{job.id}", s.get("config", {}).get("metric", "macro_f1"), compact=True)
+
+
+def classifier_progress(job: jobs.Job) -> None:
+    s = job.status
+    if s.get("epochs"):
+        eta = s.get("eta_s")
+        st.progress(min(1.0, (s.get("epoch") or 0) / s["epochs"]),
+                    text=f"epoch {s.get('epoch') or 0}/{s['epochs']}"
+                         + (f" · {s['img_per_s']:.0f} img/s" if s.get("img_per_s") else "")
+                         + (f" · ETA {eta / 60:.1f} min" if eta and job.active else ""))
+    if s.get("run_id"):
+        curves_and_confusion(s["run_id"], f"job_{job.id}", s.get("best_epoch"), finished=not job.active)
+
+
+def live_panel() -> None:
+    mine = [j for j in jobs.list_jobs() if j.command in JOB_COMMANDS]
+    if not mine:
+        st.info("No classifier or study jobs yet: launch one in the Study or Single run tab.")
+        return
+    ids = [j.id for j in mine]
+    if st.session_state.get("clf_job_pick") not in ids:
+        st.session_state["clf_job_pick"] = ids[0]
+    job_id = st.selectbox("Job", ids, key="clf_job_pick",
+                          format_func=lambda i: next(f"{j.label} — {j.state} ({j.id})" for j in mine if j.id == i))
+    active = jobs.get_job(job_id).active
+
+    @st.fragment(run_every=2.0 if active else None)
+    def live() -> None:
+        job = jobs.get_job(job_id)
+        ui.job_progress(job)
+        (study_progress if job.command == "study" else classifier_progress)(job)
+        if active and not job.active:
+            st.rerun()  # the job just ended: stop polling
+
+    live()
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def study_cells(run_id: str) -> pd.DataFrame:
+    return collect_cells(run_id)
+
+
+def styled(table: pd.DataFrame):
+    """The wide table (sets x networks), each cell tinted by its Δ against real only."""
+    text, delta = wide_table(table), wide_table(table, "delta").astype(float)
+    bound = max(0.02, float(delta.abs().max().max())) if delta.notna().any().any() else 1.0
+
+    def tint(v: float) -> str:
+        if pd.isna(v) or v == 0:
+            return ""
+        alpha = min(1.0, abs(v) / bound) * 0.55
+        rgb = "0, 158, 115" if v > 0 else "213, 94, 0"
+        return f"background-color: rgba({rgb}, {alpha:.2f})"
+
+    return text.style.apply(lambda _: delta.map(tint), axis=None)
+
+
+def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: bool = False) -> None:
+    try:
+        cells_df = study_cells(run_id)
+    except ValueError as e:   # e.g. cells tested on different test splits
+        st.error(str(e))
+        return
+    if cells_df.empty:
+        st.info("No finished cells yet.")
+        return
+    table = results_table(cells_df, metric)
+    st.markdown(f"**Results: {metric}**, mean [95% CI] and Δ against real only "
+                f"({'; '.join(sorted(set(table['ci_method'])))}). Green: better than real only, orange: worse.")
+    st.dataframe(styled(table), key=f"st_table_{where}", width="stretch")
+    if compact:
+        return
+    st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), f"study-{run_id[:8]}.csv",
+                       "text/csv", key=f"st_csv_{where}", icon=":material/download:")
+    st.plotly_chart(study_bar_figure(table, metric), key=f"st_bars_{where}")
+    networks = list(dict.fromkeys(cells_df["network"]))
+    net = st.selectbox("Network for the per-class view", networks, key=f"st_net_{where}") if len(networks) > 1 \
+        else networks[0]
+    heat = delta_sensitivity(cells_df, net)
+    if heat.empty:
+        st.caption("The per-class Δ needs a finished real-only cell and one other cell.")
+    else:
+        st.plotly_chart(delta_heatmap_figure(heat, f"Δ sensitivity against real only ({net}, mean over seeds)"),
+                        key=f"st_heat_{where}")
+    st.markdown("**One cell**: its epoch curves and its confusion matrix on the test split")
+    by_cell = {r.cell: r for r in cells_df.itertuples()}
+    keys = sorted(by_cell, key=lambda k: (list(AUG_SETS).index(by_cell[k].set) if by_cell[k].set in AUG_SETS else 99, k))
+    pick = st.selectbox("Cell", keys, key=f"st_cell_{where}",
+                        format_func=lambda k: f"{AUG_SETS[by_cell[k].set].label} · {by_cell[k].network} · seed "
+                                              f"{by_cell[k].seed}")
+    row = by_cell[pick]
+    curves_and_confusion(row.run_id, f"{where}_cell", row.best_epoch)
+
+
+def results_tab() -> None:
+    runs = tracking.search_runs("study", max_results=100)
+    if not runs:
+        st.info("No study in the tracking store yet: launch one in the Study tab, or run "
+                "`python -m core study --preset quick`.")
+        return
+    by_id = {r.info.run_id: r for r in runs}
+    c = st.columns([3, 1])
+    run_id = c[0].selectbox("Study", list(by_id), key="st_pick",
+                            format_func=lambda i: f"{by_id[i].info.run_name} — {by_id[i].info.status} · "
+                                                  f"{by_id[i].data.tags.get('medaug.dataset_id', '')} · {i[:8]}")
+    metric = c[1].selectbox("Metric", METRICS, key="st_metric")
+    run = by_id[run_id]
+    st.caption(f"Study run `{run_id}` · {run.data.tags.get('medaug.study.cells', '?')} cells · test split hash "
+               f"`{run.data.tags.get('medaug.study.test_hash', '?')}` · folder `{run.data.tags.get('medaug.out', '')}`")
+    results_view(run_id, "past", metric)
+
+
+study_tab, single_tab, live_tab, results = st.tabs(["Study", "Single run", "Live jobs", "Results"])
+with study_tab:
+    study_form()
+with single_tab:
+    single_form()
+with live_tab:
+    live_panel()
+with results:
+    results_tab()
