@@ -236,6 +236,10 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def _as_split(split, name: str, num_classes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise ValueError(f"{name}: expected (images uint8 (N, H, W), labels (N,)), got {type(split).__name__}.")
+    if len(split[0]) == 0:
+        why = {"train": "there is nothing to train on", "val": "early stopping and model selection need it",
+               "test": "evaluation needs the untouched test images"}[name]
+        raise ValueError(f"{name}: the {name} split is empty; {why}. Check the dataset's splits (core.data.splits).")
     try:
         images = images_to_tensor(split[0], size)
     except ValueError as e:
@@ -286,9 +290,6 @@ class ClassifierTrainer:
         val_x, val_y = _as_split(val, "val", k, self.size)
         if len(train_y) < 2:
             raise ValueError(f"train: {len(train_y)} image(s); a classifier needs at least 2 training images.")
-        if len(val_y) < 1:
-            raise ValueError("val: the validation split is empty; early stopping and model selection need it. "
-                             "Give the dataset a val split (core.data.splits).")
         if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal
             g = torch.Generator().manual_seed(config.seed + 104_729)
             train_y = train_y[torch.randperm(len(train_y), generator=g)]
@@ -493,8 +494,6 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
     t0 = time.perf_counter()
     trainer = ClassifierTrainer(config, train, val, class_names)
     test_x, test_y = _as_split(test, "test", trainer.num_classes, trainer.size)
-    if len(test_y) == 0:
-        raise ValueError("test: the test split is empty; evaluation needs the untouched test images.")
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
