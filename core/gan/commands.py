@@ -122,6 +122,7 @@ def job_fields(args) -> dict:
 
 
 def cmd_train_gan(args) -> dict:
+    from core import distributed
     from core.data.datasets import load_dataset
     from core.gan.train import CHECKPOINT_FILE, GanConfig, GanDiverged, load_checkpoint, plan_steps, train_gan
     from core.tracking import start_run
@@ -133,9 +134,18 @@ def cmd_train_gan(args) -> dict:
     ds = load_dataset(job["data"])
     conditional = bool(fields.get("conditional"))
     GanConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
+    ctx = distributed.init(fields.get("device") or "auto")  # under torchrun: join the other ranks
+    if ctx.active and not ctx.is_main:
+        distributed.barrier(ctx)        # rank 0 builds the pixel cache first
     images, labels, classes = training_images(ds, fields.get("resolution", GanConfig.resolution), job["class"],
                                               conditional)
+    if ctx.active and ctx.is_main:
+        distributed.barrier(ctx)
     config = GanConfig.from_dict({**fields, "classes": classes, "class_name": job["class"]})
+    if not ctx.is_main:                 # the other ranks train silently: rank 0 logs, checkpoints, reports
+        result = train_gan(images, labels, config, out, resume=bool(job["resume"]))
+        distributed.shutdown()
+        return {"rank": ctx.rank, "state": result.state, "steps": result.step, "seconds": result.seconds}
     spe, total = plan_steps(len(images), config)
     resume_from = None
     if job["resume"] and (out / CHECKPOINT_FILE).is_file():
@@ -147,7 +157,9 @@ def cmd_train_gan(args) -> dict:
     status.update(force=True)
     what = job["class"] or ("conditional: " + ", ".join(classes) if conditional else "all classes")
     log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
-        f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}")
+        f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}"
+        + (f"; {ctx.world_size} processes ({ctx.backend}), {config.batch // ctx.world_size} images each per step"
+           if ctx.active else ""))
 
     def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
         raise KeyboardInterrupt
@@ -155,7 +167,7 @@ def cmd_train_gan(args) -> dict:
     next_log = [0.0]
     try:
         params = {**config.to_dict(), "data": str(ds.root), "n_images": len(images), "steps_per_epoch": spe,
-                  "total_steps": total, "out": str(out)}
+                  "total_steps": total, "out": str(out), "world_size": ctx.world_size}
         tags = {"medaug.gan.variant": config.variant, "medaug.gan.class": job["class"] or "",
                 "medaug.gan.conditional": conditional, "medaug.out": str(out)}
         if resume_from:
@@ -216,6 +228,7 @@ def cmd_train_gan(args) -> dict:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    distributed.shutdown()
     status.update(force=True, state="finished", message=result.message, step=result.step, epoch=result.epoch,
                   eta_s=0.0, img_per_s=result.img_per_s,
                   checkpoint=str(result.checkpoint) if result.checkpoint else None)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import distributed
 from core.gan.diffaug import diff_augment
 from core.gan.models import NORMS, RESOLUTIONS, Discriminator, Generator
 from core.gan.variants import VARIANTS, Variant, gradient_penalty
@@ -293,11 +294,13 @@ class GanTrainer:
 
     ``train_gan`` drives it; tests and ``bench/gan.py`` call the step methods directly."""
 
-    def __init__(self, images, labels, config: GanConfig):
+    def __init__(self, images, labels, config: GanConfig, ctx: distributed.Context | None = None):
         self.config = config
         self.variant = config.spec
         self.n_critic = config.effective_n_critic
-        self.device = resolve_device(config.device)
+        self.ctx = ctx = ctx or distributed.current()
+        self.part = distributed.local_part(config.batch, ctx)   # this rank's slice of every global batch
+        self.device = resolve_device(distributed.device_for(ctx, config.device))
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
         if self.variant.critic_norm not in NORMS:
             raise ValueError(f"variant {self.variant.name}: critic_norm {self.variant.critic_norm!r} is not one of {NORMS}.")
@@ -317,8 +320,9 @@ class GanTrainer:
         self.data_fingerprint = fingerprint(cpu_images, cpu_labels)
         self.steps_per_epoch, self.total_steps = plan_steps(self.n_images, config)
 
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        threads = config.threads or distributed.default_threads(ctx)
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels once
@@ -328,8 +332,13 @@ class GanTrainer:
         self.G = Generator(config.nz, config.resolution, 1, config.width, n_classes).to(self.device, memory_format=cl)
         self.D = Discriminator(config.resolution, 1, config.width, n_classes,
                                norm=self.variant.critic_norm).to(self.device, memory_format=cl)
-        self.d_params = list(self.D.parameters())
-        capturable = config.cuda_graph and self.device.type == "cuda"
+        # under torchrun: synchronised batch norm, and DDP wrappers for the updates that need them
+        # (G's update goes through the plain D: only D's input gradient is needed there)
+        distributed.sync_batchnorm(self.G, ctx)
+        distributed.sync_batchnorm(self.D, ctx)
+        self.G_train, self.D_train = distributed.wrap(self.G, ctx), distributed.wrap(self.D, ctx)
+        self.d_params = list(self.D.parameters())   # after the batch-norm swap: these are the live ones
+        capturable = config.cuda_graph and self.device.type == "cuda" and not ctx.active
         self.opt_g = self._optimizer(self.G.parameters(), capturable)
         self.opt_d = self._optimizer(self.D.parameters(), capturable)
 
@@ -352,6 +361,8 @@ class GanTrainer:
         self._graph_pending = capturable        # capture on the first step after the warm-up
         self._warmup_left = CUDA_GRAPH_WARMUP
         self._static_grads = capturable         # a graph updates gradients in place: never set them to None
+        if config.cuda_graph and self.device.type == "cuda" and ctx.active:
+            self.notes.append("CUDA graphs are off under torchrun (DDP's gradient all-reduce is not captured).")
 
     # -- pieces of a step -------------------------------------------------------------------
 
@@ -365,19 +376,24 @@ class GanTrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x) if self.config.diffaug else x
+        if not self.config.diffaug:
+            return x
+        return diff_augment(x, (self.config.batch, self.part) if self.ctx.active else None)
+
+    # Random draws are made for the whole global batch and sliced to this rank's part, so a
+    # distributed run sees the same data and noise as one process (see core.distributed).
 
     def sample_real(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch drawn uniformly (with replacement) on the device: floats in [-1, 1], channels_last."""
-        idx = torch.randint(0, self.n_images, (self.config.batch,), device=self.device)
+        idx = torch.randint(0, self.n_images, (self.config.batch,), device=self.device)[self.part]
         real = self.data[idx].float().mul_(2.0 / 255.0).sub_(1.0).contiguous(memory_format=torch.channels_last)
         return real, (self.labels[idx] if self.labels is not None else None)
 
     def sample_noise(self, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z ~ N(0, I) (B, nz); conditional labels follow the training set's class frequencies."""
-        z = torch.randn(self.config.batch, self.config.nz, device=self.device)
+        z = torch.randn(self.config.batch, self.config.nz, device=self.device)[self.part]
         if self.labels is not None and labels is None:
-            labels = self.labels[torch.randint(0, self.n_images, (self.config.batch,), device=self.device)]
+            labels = self.labels[torch.randint(0, self.n_images, (self.config.batch,), device=self.device)[self.part]]
         return z, labels
 
     def critic_update(self, real, y_real, fake, y_fake) -> list[torch.Tensor]:
@@ -386,12 +402,13 @@ class GanTrainer:
         self.opt_d.zero_grad(set_to_none=not self._static_grads)
         with self.autocast():
             real_in, fake_in = self._augment(real), self._augment(fake.detach())
-            s_real = self.D(real_in, y_real).float()
-            s_fake = self.D(fake_in, y_fake).float()
+            s_real = self.D_train(real_in, y_real).float()
+            s_fake = self.D_train(fake_in, y_fake).float()
             loss = v.loss(s_real, True) + v.loss(s_fake, False)
             gp = torch.zeros((), device=self.device)
             if v.gp_lambda is not None:
-                gp = gradient_penalty(self.D, real_in, fake_in, y_real)
+                eps = torch.rand(self.config.batch, device=self.device)[self.part]
+                gp = gradient_penalty(self.D_train, real_in, fake_in, y_real, eps)
                 loss = loss + v.gp_lambda * gp
         loss.backward()
         self.opt_d.step()
@@ -429,12 +446,12 @@ class GanTrainer:
             real, y = self.sample_real()
             z, y = self.sample_noise(y)   # fakes share the real batch's labels (needed by a conditional penalty)
             with (nullcontext() if reuse else torch.no_grad()), self.autocast():
-                fake = self.G(z, y)
+                fake = self.G_train(z, y)
             loss_d, d_real, d_fake, wasserstein, gp = self.critic_update(real, y, fake, y)
         if not reuse:
             z, y = self.sample_noise()
             with self.autocast():
-                fake = self.G(z, y)
+                fake = self.G_train(z, y)
         loss_g, d_fake_g = self.generator_update(fake, y)
         self._stats.add_(torch.stack([loss_d, loss_g, d_real, d_fake, d_fake_g, wasserstein, gp]))
 
@@ -482,7 +499,7 @@ class GanTrainer:
         """Averages since the last read (one host sync); resets the device accumulator."""
         if self._stats_steps == 0:
             return {}
-        values = (self._stats / self._stats_steps).tolist()
+        values = distributed.mean_over_ranks(self._stats / self._stats_steps, self.ctx).tolist()
         self._stats.zero_()
         self._stats_steps = 0
         stats = dict(zip(STAT_NAMES, values))
@@ -604,10 +621,13 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
                          round(time.perf_counter() - t0, 3), metrics, trainer.graph is not None, trainer.notes)
 
     deadline = t0 + config.max_seconds if config.max_seconds else math.inf
+    main = trainer.ctx.is_main   # under torchrun only rank 0 writes grids and checkpoints and reports
     while trainer.step < total:
         trainer.train_step()
         step = trainer.step
         out_of_time = time.perf_counter() >= deadline
+        if config.max_seconds and trainer.ctx.active:
+            out_of_time = distributed.agree(out_of_time, trainer.ctx)   # every rank stops at the same step
         end_of_epoch = step % spe == 0 or step >= total or out_of_time
         if step % config.log_every == 0 or end_of_epoch:
             fresh = trainer.read_stats()
@@ -617,10 +637,11 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
                 if problem:
                     return finish("diverged", f"diverged at step {step}: {problem}. The last good checkpoint is "
                                               f"{last_ckpt or 'none'}; lower the learning rate or try wgan-gp.")
-                if on_step:
+                if on_step and main:
                     on_step(step, metrics)
         if end_of_epoch:
             epoch = math.ceil(step / spe)
+        if end_of_epoch and main:
             grid = trainer.sample_grid()
             grid_path = out / GRIDS_DIR / f"epoch_{epoch:04d}.png"
             save_png(grid, grid_path)
