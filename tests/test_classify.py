@@ -282,6 +282,19 @@ def test_config_round_trip_and_unknown_fields():
         ClassifierConfig.from_dict({"lr_max": 1})
 
 
+def test_shuffled_labels_keep_counts_and_carry_no_information():
+    from core.classify.train import shuffled_labels
+
+    y = torch.tensor([0] * 60 + [1] * 30 + [2] * 9 + [3] * 3)
+    s = shuffled_labels(y, seed=7)
+    assert torch.equal(torch.bincount(s), torch.bincount(y))
+    table = np.zeros((4, 4))
+    np.add.at(table, (y.numpy(), s.numpy()), 1)
+    expected = np.outer(np.bincount(y), np.bincount(y)) / len(y)   # independence: product of the marginals
+    assert np.abs(table - expected).max() < 2.0                    # within two images, per cell
+    assert not torch.equal(shuffled_labels(y, seed=8), s)
+
+
 def test_balancing_rules():
     labels = np.array([0] * 30 + [1] * 10 + [2] * 2)
     w = class_weights(labels, 4)

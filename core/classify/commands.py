@@ -244,7 +244,7 @@ def register(sub) -> None:
     s.add_argument("--aux-logits", dest="aux_logits", action="store_true", default=None,
                    help="GoogLeNet: train with its auxiliary heads (Inception-v3 always does)")
     s.add_argument("--shuffle-labels", dest="shuffle_labels", action="store_true", default=None,
-                   help="control run: train on permuted labels (expect chance-level test scores)")
+                   help="control run: train and select on label-shuffled train/val (expect chance-level test scores)")
     s.add_argument("--max-seconds", dest="max_seconds", type=float, default=None, help="time budget of the training")
     s.add_argument("--n-boot", dest="n_boot", type=int, default=None, help="bootstrap replicates (default 1000)")
     s.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt if present")

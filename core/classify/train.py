@@ -83,7 +83,8 @@ class ClassifierConfig:
     weights_path: str | None = None   # local pretrained state dict (weights_only load); None: random init
     aux_logits: bool | None = None    # GoogLeNet's auxiliary heads (default off); Inception-v3 always on
     threads: int | None = None        # CPU threads for this process; None: torch's default
-    shuffle_labels: bool = False      # the honesty control: train on permuted training labels
+    shuffle_labels: bool = False      # the honesty control: train AND select on label-shuffled train / val
+                                      # splits (test labels stay true); expect chance-level test scores
     max_seconds: float | None = None  # time budget of the training loop (checked after each epoch)
     log_every: int = 20               # with on_step: read the running loss every N steps (one host sync)
     eval_batch_size: int = 256        # images per forward pass in validation and test
@@ -256,6 +257,30 @@ def _as_split(split, name: str, num_classes: int, size: int) -> tuple[torch.Tens
     return images, labels
 
 
+def shuffled_labels(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The control's labels: the same class counts, dealt so that they carry NO information about
+    the true class, even in this finite sample.
+
+    A plain permutation leaves chance agreement (a class may keep 16 of its 40 labels where 13
+    are expected), which an easy class turns into above-chance test scores. Here every true
+    class receives each label in proportion to that label's count (within two images): images
+    are grouped by true class in random order and take a label sequence built greedily so that
+    every stretch of it has the overall label shares (started at a random phase)."""
+    y = labels.cpu().numpy()
+    n, k = len(y), int(y.max()) + 1
+    share = np.bincount(y, minlength=k) / n
+    seq, got = np.empty(n, np.int64), np.zeros(k)
+    for i in range(n):   # low-discrepancy sequence: the label furthest below its share so far
+        c = int(np.argmax(share * (i + 1) - got))
+        seq[i], got[c] = c, got[c] + 1
+    rng = np.random.default_rng(seed)
+    seq = np.roll(seq, int(rng.integers(n)))      # a random phase: the odd image per class lands anywhere
+    order = np.lexsort((rng.permutation(n), y))   # grouped by true class, random within a class
+    out = np.empty(n, np.int64)
+    out[order] = seq
+    return torch.as_tensor(out)
+
+
 def data_fingerprint(*tensors: torch.Tensor) -> str:
     """SHA-1 of the training and validation pixels and labels: a resumed run must see the same data."""
     h = hashlib.sha1()
@@ -290,9 +315,10 @@ class ClassifierTrainer:
         val_x, val_y = _as_split(val, "val", k, self.size)
         if len(train_y) < 2:
             raise ValueError(f"train: {len(train_y)} image(s); a classifier needs at least 2 training images.")
-        if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal
-            g = torch.Generator().manual_seed(config.seed + 104_729)
-            train_y = train_y[torch.randperm(len(train_y), generator=g)]
+        if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal, and
+            # model selection sees none either (choosing the epoch on true val labels is itself a weak learner)
+            train_y = shuffled_labels(train_y, config.seed + 104_729)
+            val_y = shuffled_labels(val_y, config.seed + 130_363)
         self.fingerprint = data_fingerprint(train_x, train_y, val_x, val_y)
         # per-dataset normalisation from the training pixels (float64: exact and order-free)
         px = train_x.double()
