@@ -109,6 +109,10 @@ def listing(shown):
     grouped = R.group_runs(shown)
     display = R.display_table(grouped)
     ids = display["run_id"].tolist()
+    if "runs_url_read" not in st.session_state:  # a shared link: ?runs=ID,ID,... selects those runs
+        st.session_state["runs_url_read"] = True
+        if st.query_params.get("runs"):
+            st.session_state["runs_selected"] = st.query_params["runs"].split(",")
     digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10]
     remembered = [i for i in st.session_state.get("runs_selected", []) if i in ids]
     event = st.dataframe(display, key=f"runs_table_{digest}", on_select="rerun", selection_mode="multi-row",
@@ -121,6 +125,10 @@ def listing(shown):
                                         "run_id": st.column_config.TextColumn("run id", width="small")})
     picked = [ids[i] for i in event.selection.rows if i < len(ids)]
     st.session_state["runs_selected"] = picked
+    if picked:
+        st.query_params["runs"] = ",".join(picked)  # the address bar now links to this comparison
+    elif "runs" in st.query_params:
+        del st.query_params["runs"]
     if st.toggle("Include the runs of a selected study", value=True, key="runs_with_children"):
         picked = R.with_children(grouped, picked)
     return picked
@@ -285,7 +293,7 @@ def trash_actions(sel) -> None:
 
 
 def mlflow_ui(sel) -> None:
-    with st.popover("Open in the MLflow UI", icon=":material/open_in_new:"):
+    with st.popover("MLflow UI", icon=":material/open_in_new:"):
         st.markdown(f"[Compare these runs in MLflow]({R.mlflow_compare_url(sel)})")
         if tracking.tracking_uri().startswith("sqlite:"):
             st.caption("MLflow's UI for this same store, started with:")

@@ -88,6 +88,8 @@ def test_filter_select_compare(store, small_phantom, monkeypatch):
     assert at.multiselect(key="runs_metrics").value == ["loss_d", "loss_g"]
     at.radio(key="runs_x").set_value("epoch").run()
     assert not at.exception, at.exception
+    assert at.radio(key="runs_x").value == "epoch"
+    assert '"title":{"text":"epoch"}' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
 
     # params: only the differing rows (variant, seed) carry the highlight
     params = frame_with(at, "variant")
