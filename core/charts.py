@@ -254,7 +254,9 @@ def delta_heatmap_figure(delta: pd.DataFrame, title: str = "Δ sensitivity again
     finite = np.isfinite(z)
     bound = float(max(0.05, np.abs(z[finite]).max())) if finite.any() else 1.0
     text = [[(f"{v:+.2f}" if np.isfinite(v) else "") for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=list(delta.columns), y=list(delta.index), colorscale="RdBu", zmid=0,
+    # orange (worse) - white - green (better): the colours of the results table's tint
+    scale = [[0.0, "#D55E00"], [0.5, "#F7F7F7"], [1.0, "#009E73"]]
+    fig = go.Figure(go.Heatmap(z=z, x=list(delta.columns), y=list(delta.index), colorscale=scale, zmid=0,
                                zmin=-bound, zmax=bound, text=text, texttemplate="%{text}",
                                colorbar={"title": "Δ sens."},
                                hovertemplate="%{y}<br>%{x}: Δ sensitivity %{z:+.3f}<extra></extra>"))
@@ -299,6 +301,7 @@ def confusion_matrix_figure(matrix, classes: list[str], title: str = "Confusion 
     fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
                                text=cm.astype(int), texttemplate="%{text}", colorbar={"title": "row share"},
                                hovertemplate="true %{y}<br>predicted %{x}: %{text} (%{z:.0%})<extra></extra>"))
-    fig.update_layout(title=title, height=160 + 34 * len(classes), margin={"l": 10, "r": 10, "t": 50, "b": 10},
-                      xaxis={"title": "predicted", "tickangle": -30}, yaxis={"title": "true", "autorange": "reversed"})
+    fig.update_layout(title=title, height=260 + 34 * len(classes), margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      xaxis={"title": "predicted", "tickangle": -45, "automargin": True},
+                      yaxis={"title": "true", "autorange": "reversed", "automargin": True})
     return fig

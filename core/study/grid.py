@@ -77,12 +77,15 @@ class StudyConfig:
     networks: tuple[str, ...] = ("small_cnn",)   # keys of core.classify.models.MODELS
     seeds: tuple[int, ...] = (0,)                # one cell per seed; 3+ seeds give a t-interval
     image_size: int = 64                         # classifier input side in px (models may resize, e.g. 299)
-    epochs: int = 5                              # classifier epochs per cell (early stopping may end sooner)
+    epochs: int = 10                             # classifier epochs per cell (early stopping may end sooner)
+    equal_budget: bool = True                    # every cell trains on the same number of images: a set k times
+                                                 # the real training split gets round(epochs / k) epochs, so
+                                                 # augmentation is not confounded with more gradient steps
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 3                            # early stopping on validation macro-F1
-    balance: str = "none"                        # the trainer's class balancing option
+    patience: int = 4                            # early stopping on validation macro-F1
+    balance: str = "sampler"                     # the trainer's class balancing: none, weighted_loss, sampler
     precision: str = "auto"
     device: str = "auto"
     metric: str = "macro_f1"                     # the results table's metric
@@ -190,7 +193,8 @@ def preset(name: str, **overrides) -> StudyConfig:
         base = StudyConfig(precision="fp32")
     elif name == "paper":
         base = StudyConfig(sets=tuple(AUG_SETS), networks=("vgg16", "inception_v3"), seeds=(0, 1, 2),
-                           image_size=224, epochs=30, batch_size=32, lr=1e-4, patience=8, n_boot=1000,
+                           image_size=224, epochs=30, equal_budget=False, batch_size=32, lr=1e-4, patience=8,
+                           n_boot=1000,
                            gan_resolution=128, gan_width=64, gan_cap=5.0,
                            gan_steps={"dcgan": 5000, "wgan": 5000, "wgan-gp": 5000}, combo_variant="wgan-gp")
     else:

@@ -90,10 +90,18 @@ def load_data(data: str | Path):
     return load_dataset(path)
 
 
-def classifier_config(config: StudyConfig, cell: Cell):
+def cell_epochs(config: StudyConfig, n_real: int, n_train: int) -> int:
+    """Epochs of a cell: ``config.epochs``, or with ``equal_budget`` scaled so that every cell
+    trains on about ``epochs x n_real`` images (at least one epoch)."""
+    if not config.equal_budget:
+        return config.epochs
+    return max(1, round(config.epochs * n_real / max(n_train, 1)))
+
+
+def classifier_config(config: StudyConfig, cell: Cell, epochs: int | None = None):
     from core.classify.train import ClassifierConfig
 
-    return ClassifierConfig(model=cell.network, image_size=config.image_size, epochs=config.epochs,
+    return ClassifierConfig(model=cell.network, image_size=config.image_size, epochs=epochs or config.epochs,
                             batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                             seed=cell.seed, balance=config.balance, patience=config.patience, device=config.device,
                             precision=config.precision, n_boot=config.n_boot)
@@ -177,7 +185,7 @@ def open_splits(ds, config: StudyConfig, log: Log):
 
 # --- one cell -----------------------------------------------------------------------------------
 
-def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None) -> dict:
+def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=None) -> dict:
     """Train and test one cell as a child run of the study; returns a short summary."""
     from core import tracking
     from core.classify.evaluate import flat_metrics
@@ -192,9 +200,11 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None) -> dict:
     x, y, added = training_set(cell.set, splits, config, cell.seed,
                                lambda v: study.gan_source(v, on_step=(lambda s, t: on_stage(f"GAN {v} step {s}/{t}"))
                                                           if on_stage else None))
+    cfg = classifier_config(config, cell, cell_epochs(config, len(splits.train_y), len(y)))
     if on_stage:
-        on_stage(f"training {cell.key}")
-    cfg = classifier_config(config, cell)
+        on_stage(f"training {cell.key}: {len(y)} images, {cfg.epochs} epochs")
+    if on_plan:
+        on_plan(cfg.epochs)
     test_hash = array_hash(splits.test_x, splits.test_y, splits.class_names)
     folder = study.out / "cells" / cell.slug
     params = {**cfg.to_dict(), "set": cell.set, "set_label": aug.label, "network": cell.network, "n_train": len(y),
@@ -229,7 +239,7 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None) -> dict:
     seconds = round(time.perf_counter() - t0, 2)
     metric = result.metrics.get(config.metric)
     return {"cell": cell.key, "run_id": run.run_id, "state": result.state, config.metric: metric,
-            "best_epoch": result.best_epoch, "seconds": seconds, "n_train": len(y)}
+            "best_epoch": result.best_epoch, "epochs": cfg.epochs, "seconds": seconds, "n_train": len(y)}
 
 
 def _json_default(v):
@@ -309,13 +319,13 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
                 status.update(cell_epoch=epoch, last={"val_macro_f1": round(m.get("val_macro_f1", math.nan), 4),
                                                       "train_loss": round(m.get("train_loss", math.nan), 4)})
 
-            summary = run_cell(study, cell, on_epoch=on_epoch,
-                               on_stage=lambda text: status.update(message=text))
+            summary = run_cell(study, cell, on_epoch=on_epoch, on_stage=lambda text: status.update(message=text),
+                               on_plan=lambda n: status.update(force=True, cell_epochs=n))
             finished_now = i + 1
             per_cell = (time.perf_counter() - t_cells) / finished_now
             left = len(pending) - finished_now
             log(f"    {config.metric} {summary[config.metric]:.4f}  best epoch {summary['best_epoch']}  "
-                f"{summary['seconds']:.1f} s  ({summary['n_train']} training images)")
+                f"{summary['seconds']:.1f} s  ({summary['n_train']} training images, {summary['epochs']} epochs)")
             parent.log_metrics({"cells_done": len(done) + finished_now}, step=len(done) + finished_now)
             status.update(force=True, cells_done=len(done) + finished_now, eta_s=round(per_cell * left, 1),
                           current=None)
@@ -401,7 +411,8 @@ def run_cell_spec(path: str | Path, *, log: Log = print, status=None) -> dict:
     status.update(force=True, state="running", current=cell.key, cells_total=1, cells_done=0,
                   run_id=spec["study_run_id"], cell_epochs=config.epochs)
     summary = run_cell(study, cell, on_epoch=lambda e, m: status.update(cell_epoch=e),
-                       on_stage=lambda text: status.update(message=text))
+                       on_stage=lambda text: status.update(message=text),
+                       on_plan=lambda n: status.update(force=True, cell_epochs=n))
     status.update(force=True, state="finished", cells_done=1, eta_s=0.0)
     log(f"{cell.key}: {config.metric} {summary[config.metric]:.4f} in {summary['seconds']} s (run {summary['run_id']})")
     return {**summary, "skipped": False, "study_run_id": spec["study_run_id"]}
