@@ -161,17 +161,19 @@ def quality_sets_figure(sets: pd.DataFrame):
                         subplot_titles=(f"FID ({extractor} features), lower is better",
                                         "Precision (fidelity) and recall (coverage), higher is better"))
     colors = [set_color(i) for i in range(len(sets))]
-    fig.add_bar(x=sets["set"], y=sets["fid"], marker_color=colors, showlegend=False, row=1, col=1,
+    names = sets["set"].astype(str).str.replace(" · ", "<br>", regex=False)   # short lines under the bars
+    fig.add_bar(x=names, y=sets["fid"], marker_color=colors, showlegend=False, row=1, col=1,
                 error_y={"type": "data", "symmetric": False, "array": (sets["fid_hi"] - sets["fid"]).clip(lower=0),
                              "arrayminus": (sets["fid"] - sets["fid_lo"]).clip(lower=0)},
                 hovertemplate="%{x}<br>FID %{y:.4g}<extra></extra>")
     for metric, pattern in (("precision", ""), ("recall", "/")):
-        fig.add_bar(x=sets["set"], y=sets[metric], name=metric, marker_color=colors, marker_pattern_shape=pattern,
+        fig.add_bar(x=names, y=sets[metric], name=metric, marker_color=colors, marker_pattern_shape=pattern,
                     row=1, col=2, error_y={"type": "data", "symmetric": False,
                                                "array": (sets[f"{metric}_hi"] - sets[metric]).clip(lower=0),
                                                "arrayminus": (sets[metric] - sets[f"{metric}_lo"]).clip(lower=0)},
                     hovertemplate="%{x}<br>" + metric + " %{y:.2f}<extra></extra>")
     fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    fig.update_xaxes(tickangle=0)
     fig.update_layout(barmode="group", height=380, margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       legend={"orientation": "h", "y": -0.2, "title": "hatched: recall"})
     return fig
@@ -207,7 +209,7 @@ def memorization_figure(memorization: pd.DataFrame, sets: pd.DataFrame):
         fig.add_histogram(x=d["distance"], name=set_name, marker_color=set_color(i), opacity=0.7, nbinsx=40)
     if len(sets):
         fig.add_vline(x=float(sets["memorization_threshold"].min()), line_dash="dash", line_color="#D55E00",
-                      annotation_text="near-copy threshold", annotation_position="top left")
+                      annotation_text="near-copy threshold", annotation_position="bottom left")
         fig.add_vline(x=float(sets["real_real_median"].median()), line_dash="dot", line_color="#555",
                       annotation_text="real-to-real median", annotation_position="top right")
     fig.update_layout(barmode="overlay", title="Distance to the nearest training image (feature space)",

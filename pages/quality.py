@@ -137,8 +137,15 @@ def set_table(rep: qr.Report) -> None:
     st.caption(f"**Extractor:** {rep.summary.get('extractor_description')}. FID/KID/precision/recall use its features; "
                "diversity is the mean pairwise MS-SSIM inside a set (a collapsed GAN scores near 1). Intervals: "
                f"percentile bootstrap. Images compared at {rep.summary.get('size')} px.")
-    warnings = sorted({w for w in s.get("warnings", []) if isinstance(w, str) and w})
-    for w in warnings[:3]:
+    notes = [w for w in s.get("warnings", []) if isinstance(w, str) and w]
+    small = s[s["warnings"].astype(str).str.contains("FID:")] if "warnings" in s else s.iloc[:0]
+    if len(small):
+        n_lo, n_hi = int(small["n_synthetic"].min()), int(small["n_synthetic"].max())
+        st.warning(f"Small sets: {n_lo}–{n_hi} synthetic images per set for {int(small['feature_dim'].max())}-d "
+                   f"features. FID needs about 2,000 images (and more images than feature dimensions) to be "
+                   f"stable and is biased upwards below that: compare only sets of the same size, and read the "
+                   f"intervals.", icon=":material/warning:")
+    for w in sorted({w.split("FID:")[0].strip() for w in notes} - {""})[:3]:
         st.warning(w, icon=":material/warning:")
 
 

@@ -3,6 +3,7 @@ set metrics and the memorization audit on data the tests make, extractors, and t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from scipy import linalg
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
 from core.quality import memorization, metrics, setmetrics
-from tests.quality_helpers import ENCODER_EPOCHS, tiny_gan_runs
+from tests.quality_helpers import ENCODER_EPOCHS, quality_report
 
 
 # Reference oracle: pytorch-fid's calculate_frechet_distance (src/pytorch_fid/fid_score.py,
@@ -223,69 +224,38 @@ def test_domain_encoder_is_cached_per_dataset(small_phantom):
     np.testing.assert_allclose(domain_encoder(small_phantom, 64, ENCODER_EPOCHS)(imgs), ex(imgs))
 
 
-def test_quality_cli_two_gan_runs_epochs_and_a_planted_copy(small_phantom, tmp_path):
-    """End to end: two GAN runs + a synthetic set with a planted copy of a training image; JSON summary,
-    report files, MLflow metrics and artifacts; the copy is flagged, the GAN samples are not."""
-    from PIL import Image
-
+def test_quality_cli_two_gan_runs_epochs_and_a_planted_copy(small_phantom):
+    """End to end through the CLI: two GAN runs + a synthetic set with a planted copy of a training image;
+    report files, MLflow metrics and artifacts; the copy is flagged, the other images are not."""
     from core import tracking
-    from core.cli import main
-    from core.data.cache import pixel_cache
-    from core.data.datasets import load_dataset, write_dataset
     from core.quality.report import load_report
 
-    runs = tiny_gan_runs(small_phantom.root)
-    # a "synthetic" folder: test-split images (other studies: ordinary samples) + one training image copied
-    df = small_phantom.manifest
-    cache = pixel_cache(small_phantom, 64)
-    osteo_test = df.index[(df["split"] == "test") & (df["label"] == "Osteophytes")].tolist()[:8]
-    copied = int(df.index[(df["split"] == "train") & (df["label"] == "Osteophytes")][0])
-    folder = tmp_path / "planted"
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for k, i in enumerate([*osteo_test, copied]):
-        px = np.asarray(cache.array[i]).astype(int)
-        if i == copied:
-            px = np.clip(px + np.random.default_rng(0).integers(-2, 3, px.shape), 0, 255)
-        Image.fromarray(px.astype(np.uint8)).save(folder / "images" / f"s{k}.png")
-        rows.append({"image_id": f"s{k}", "path": f"images/s{k}.png", "split": "train", "label": "Osteophytes",
-                     "labels": ["Osteophytes"], "boxes": [], "study_id": f"s{k}", "source": "test", "width": 64,
-                     "height": 64, "sha256": "0"})
-    import pandas as pd
-    write_dataset(folder, pd.DataFrame(rows), {"name": "planted", "kind": "synthetic", "synthetic": True})
-    assert load_dataset(folder).synthetic
-
-    out = tmp_path / "report"
-    code = main(["quality", "--real", str(small_phantom.root), "--synthetic", str(runs[0]), "--synthetic",
-                 str(runs[1] / "checkpoint.pt"), "--synthetic", str(folder), "--epochs-of", str(runs[0]),
-                 "--size", "64", "--n-per-class", "6", "--boot", "10", "--kid-subsets", "10", "--diversity-pairs", "30", "--encoder-epochs", str(ENCODER_EPOCHS),
-                 "--out", str(out)])
-    assert code == 0
+    out, runs, copied = quality_report(small_phantom)
     rep = load_report(out)
     assert len(rep.sets) == 3 and set(rep.sets["extractor"]) == {"domain"}
     assert rep.sets["fid"].notna().all() and (rep.sets["fid_lo"] <= rep.sets["fid_hi"]).all()
     assert list(rep.epochs["epoch"]) == [1, 2, 3] and rep.epochs["fid"].notna().all()
-    planted = rep.memorization[rep.memorization["set"] == "planted"]
+    planted = rep.memorization[rep.memorization["set"] == "planted copy (test)"]
     assert planted.loc[planted["synthetic_id"] == "s8", "flagged"].item()
     assert planted["flagged"].sum() == 1, planted
-    assert planted.loc[planted["synthetic_id"] == "s8", "train_id"].item() == df.loc[copied, "image_id"]
-    gan_sets = rep.memorization[rep.memorization["set"] != "planted"]
+    assert planted.loc[planted["synthetic_id"] == "s8", "train_id"].item() == copied
+    gan_sets = rep.memorization[rep.memorization["set"] != "planted copy (test)"]
     assert gan_sets["flagged"].sum() == 0   # barely trained GAN noise copies nothing
     per = rep.per_image
     assert {"ssim", "psnr", "ms_ssim", "nrmse", "nearest_real_id"} <= set(per.columns)
     assert per.loc[per["image_id"] == "s8", "ssim"].item() > 0.95
     assert (out / "pairs").is_dir() and len(list((out / "pairs").glob("*.png"))) > 0
-    summary = json.loads((out / "report.json").read_text())
-    assert "domain encoder" in summary["extractor_description"]
+    assert "domain encoder" in rep.summary["extractor_description"]
+    assert {str(r.resolve()) for r in runs} <= {str(Path(s).parent) for s in rep.sets["source"]}
 
-    run = tracking.search_runs("quality", max_results=1)[0]
-    assert run.data.tags["medaug.out"] == str(out)
+    run = next(r for r in tracking.search_runs("quality") if r.data.tags.get("medaug.out") == str(out))
     assert any(k.endswith(".fid") for k in run.data.metrics) and "epoch.fid" in run.data.metrics
     arts = tracking.list_artifacts(run.info.run_id, "quality")
     assert "quality/sets.csv" in arts and "quality/sets_table.json" in arts
 
 
 def test_quality_cli_bad_inputs(small_phantom, tmp_path, capsys):
+    """Missing sets, junk checkpoints: {"ok": false} with a message naming the input."""
     from core.cli import main
 
     assert main(["quality", "--real", str(small_phantom.root), "--synthetic", str(tmp_path / "nope")]) == 2

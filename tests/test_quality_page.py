@@ -1,14 +1,14 @@
-"""Quality page: two GAN runs are offered, an evaluation job is launched from the page and its
-report is drawn (set table with intervals and extractor, distributions, epochs, memorization)."""
+"""Quality page: two GAN runs are offered and an evaluation job is launched from the page; a quality
+run from the tracking store is drawn (set table with intervals and extractor, distributions, epochs,
+memorization pairs)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
-from tests.quality_helpers import ENCODER_EPOCHS, tiny_gan_runs
+from core import jobs, tracking
+from tests.quality_helpers import ENCODER_EPOCHS, quality_report, tiny_gan_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,23 +38,24 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     job = next(j for j in jobs.list_jobs() if j.command == "quality")
     argv = job.meta["argv"]
     assert argv[0] == "quality" and argv.count("--synthetic") == 2 and "--epochs-of" in argv
-    assert {str(r) for r in runs} <= set(argv)
-    deadline = time.time() + 240
-    while (job := jobs.get_job(job.id)).active and time.time() < deadline:
-        time.sleep(0.5)
-    assert job.state == "finished", job.log_tail()
+    assert {str(r) for r in runs} <= set(argv) and argv[argv.index("--n-per-class") + 1] == "8"
+    jobs.cancel(job.id)   # the CLI itself is tested in test_quality.py; here the page draws its report
 
+    out, _, _ = quality_report(small_phantom)
+    run = next(r for r in tracking.search_runs("quality") if r.data.tags.get("medaug.out") == str(out))
     at.run()
     assert not at.exception, at.exception
-    assert at.session_state["q_report_pick"] == f"job:{job.id}"
-    assert not at.error, [e.value for e in at.error]
+    at.selectbox(key="q_report_pick").set_value(f"run:{run.info.run_id}|{out}").run()   # a past MLflow run
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["1 near-copies flagged."]   # the planted copy, and nothing else
     table = at.dataframe[0].value
-    assert len(table) == 2 and set(table["extractor"]) == {"domain"}
+    assert len(table) == 3 and set(table["extractor"]) == {"domain"}
     assert all("[" in v for v in table["FID [95% CI]"])
     assert any("domain encoder" in str(c.value) for c in at.caption)
-    charts = {c.proto.id for c in at.get("plotly_chart")}
-    assert len(charts) >= 4   # sets, distribution, epochs, memorization
+    assert len(at.get("plotly_chart")) >= 4   # sets, distribution, epochs, memorization
     at.selectbox(key="q_metric").set_value("psnr").run()
     at.radio(key="q_kind").set_value("box").run()
     assert not at.exception, at.exception
-    assert len(at.get("imgs")) + len(at.get("image")) >= 1   # the closest pairs are shown side by side
+    at.selectbox(key="q_pairs_set").set_value("planted copy (test)").run()
+    shown = [str(i.proto) for i in at.get("imgs") + at.get("image")]
+    assert any("FLAGGED near-copy" in p for p in shown), shown[:2]

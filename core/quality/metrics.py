@@ -36,8 +36,9 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang et al. 2003
 ENGINES = ("auto", "separable", "torchmetrics")
 
 
-def as_batch(images, name: str = "images") -> torch.Tensor:
-    """(N, H, W) or (H, W) uint8/float array or tensor -> float32 tensor (N, H, W)."""
+def as_batch(images, name: str = "images", convert: bool = True) -> torch.Tensor:
+    """(N, H, W) or (H, W) uint8/float array or tensor -> float32 tensor (N, H, W) (or the input's
+    dtype with ``convert=False``)."""
     if not isinstance(images, torch.Tensor):
         images = np.ascontiguousarray(images)
         images = torch.from_numpy(images if images.flags.writeable else images.copy())
@@ -46,11 +47,11 @@ def as_batch(images, name: str = "images") -> torch.Tensor:
         t = t[None]
     if t.ndim != 3:
         raise ValueError(f"{name}: expected grey images shaped (N, H, W), got shape {tuple(t.shape)}.")
-    return t.float()
+    return t.float() if convert and t.dtype != torch.float64 else t
 
 
-def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = as_batch(x, "reference images"), as_batch(y, "test images")
+def _pair(x, y, convert: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = as_batch(x, "reference images", convert), as_batch(y, "test images", convert)
     if x.shape != y.shape:
         raise ValueError(f"image pairs must have the same shape: reference {tuple(x.shape)} vs test "
                          f"{tuple(y.shape)}; resize both sets to one size first.")
@@ -116,17 +117,27 @@ class _BandedFilter:
 
 def _ssim_separable(x: torch.Tensor, y: torch.Tensor, data_range: float, chunk: int) -> torch.Tensor:
     n, h, w = x.shape
-    fw, fh = _BandedFilter(w, x.dtype, x.device), _BandedFilter(h, x.dtype, x.device)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    fw, fh = _BandedFilter(w, dtype, x.device), _BandedFilter(h, dtype, x.device)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     out = torch.empty(n, dtype=torch.float64)
-    for i in range(0, n, chunk):
-        a, b = x[i:i + chunk], y[i:i + chunk]
-        maps = torch.stack([a, b, a * a, b * b, a * b])                 # (5, n, H, W)
+    for i in range(0, n, chunk):   # small chunks keep the intermediates in cache
+        a, b = x[i:i + chunk].to(dtype), y[i:i + chunk].to(dtype)
+        maps = torch.empty((5, *a.shape), dtype=dtype, device=a.device)
+        maps[0], maps[1] = a, b
+        torch.mul(a, a, out=maps[2])
+        torch.mul(b, b, out=maps[3])
+        torch.mul(a, b, out=maps[4])
         # W pass, then H pass on the transposed maps; the mean below does not care about orientation
         mu_a, mu_b, aa, bb, ab = fh(fw(maps).transpose(-1, -2).contiguous())
-        mu_ab, mu_a2, mu_b2 = mu_a * mu_b, mu_a * mu_a, mu_b * mu_b
-        s = ((2 * mu_ab + c1) * (2 * (ab - mu_ab) + c2)) / ((mu_a2 + mu_b2 + c1) * (aa + bb - mu_a2 - mu_b2 + c2))
-        out[i:i + chunk] = s.double().mean(dim=(-2, -1)).cpu()
+        mu_ab = mu_a * mu_b
+        ab.sub_(mu_ab).mul_(2).add_(c2)                       # 2 cov + C2
+        mu_a.square_()
+        mu_b.square_()
+        aa.add_(bb).sub_(mu_a).sub_(mu_b).add_(c2)            # var_a + var_b + C2
+        num = mu_ab.mul_(2).add_(c1).mul_(ab)                 # (2 mu_a mu_b + C1)(2 cov + C2)
+        den = mu_a.add_(mu_b).add_(c1).mul_(aa)               # (mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2)
+        out[i:i + chunk] = num.div_(den).mean(dim=(-2, -1), dtype=torch.float64).cpu()
     return out
 
 
@@ -137,19 +148,19 @@ def _ssim_torchmetrics(x: torch.Tensor, y: torch.Tensor, data_range: float, chun
     out = torch.empty(x.shape[0], dtype=torch.float64)
     for i in range(0, x.shape[0], chunk):
         # pairs along the channel axis: one depthwise convolution over the chunk
-        a = x[i:i + chunk][None].contiguous(memory_format=torch.channels_last)
-        b = y[i:i + chunk][None].contiguous(memory_format=torch.channels_last)
+        a = x[i:i + chunk][None].float().contiguous(memory_format=torch.channels_last)
+        b = y[i:i + chunk][None].float().contiguous(memory_format=torch.channels_last)
         _, full = structural_similarity_index_measure(b, a, data_range=data_range, gaussian_kernel=True,
                                                       sigma=SSIM_SIGMA, reduction="none", return_full_image=True)
         out[i:i + chunk] = full[0, :, r:-r, r:-r].double().mean(dim=(-2, -1)).cpu()
     return out
 
 
-def ssim(x, y, data_range: float = 255.0, engine: str = "auto", chunk: int = 8, device: str = "cpu") -> np.ndarray:
+def ssim(x, y, data_range: float = 255.0, engine: str = "auto", chunk: int = 2, device: str = "cpu") -> np.ndarray:
     """Mean SSIM of each pair (see the module docstring for the exact definition)."""
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}.")
-    x, y = _pair(x, y)
+    x, y = _pair(x, y, convert=False)   # converted chunk by chunk: no full-size float copies
     if min(x.shape[1:]) < 2 * SSIM_RADIUS + 1 + 2:
         raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 3} px a side, got {tuple(x.shape[1:])}.")
     x, y = x.to(device), y.to(device)
