@@ -175,24 +175,39 @@ def filter_choices(runs: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def group_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Studies grouped: each parent followed by its children (oldest first), the rest newest
-    first. Adds ``level`` (0 parent or lone run, 1 child), ``group`` (the parent's run id) and
-    ``children`` (how many children a parent has in the table)."""
+    """Studies grouped: each parent followed by its children (oldest first, nested studies
+    deeper), the top-level runs newest first. Adds ``level`` (0 for a parent or lone run, 1 for
+    a child, 2 for a grandchild...), ``group`` (the top-level run id) and ``children`` (how many
+    direct children a run has in the table)."""
     if runs.empty:
         return runs.assign(level=pd.Series(dtype=int), group=pd.Series(dtype=str), children=pd.Series(dtype=int))
     ids = set(runs["run_id"])
-    is_child = runs["parent_run_id"].isin(ids)
-    top = runs[~is_child].sort_values("start_time", ascending=False)
-    kids = runs[is_child].sort_values("start_time")
-    by_parent = {p: g for p, g in kids.groupby("parent_run_id", sort=False)}
-    parts = []
-    for _, row in top.iterrows():
-        fam = by_parent.get(row["run_id"])
-        parts.append(top.loc[[row.name]].assign(level=0, group=row["run_id"],
-                                                children=0 if fam is None else len(fam)))
-        if fam is not None:
-            parts.append(fam.assign(level=1, group=row["run_id"], children=0))
-    return pd.concat(parts)
+    kids: dict[str, list] = {}
+    by_start = runs.sort_values("start_time")
+    for idx, parent in zip(by_start.index, by_start["parent_run_id"]):
+        if parent in ids:
+            kids.setdefault(parent, []).append(idx)
+    run_id = runs["run_id"]
+    roots = runs[~runs["parent_run_id"].isin(ids)].sort_values("start_time", ascending=False)
+    rows, level, group, n_kids = [], [], [], []
+    for idx in roots.index:
+        top = run_id[idx]
+        stack = [(idx, 0)]
+        while stack:
+            i, depth = stack.pop()
+            family = kids.get(run_id[i], [])
+            rows.append(i)
+            level.append(depth)
+            group.append(top)
+            n_kids.append(len(family))
+            stack += [(k, depth + 1) for k in reversed(family)]
+    placed = set(rows)
+    for i in runs.index.difference(list(placed), sort=False):  # parent tags in a loop: list them flat
+        rows.append(i)
+        level.append(0)
+        group.append(run_id[i])
+        n_kids.append(0)
+    return runs.loc[rows].assign(level=level, group=group, children=n_kids)
 
 
 def display_table(grouped: pd.DataFrame) -> pd.DataFrame:
@@ -200,7 +215,7 @@ def display_table(grouped: pd.DataFrame) -> pd.DataFrame:
     if grouped.empty:
         return pd.DataFrame(columns=["run", "kind", "status", "started", "duration_s", "dataset", "dataset_hash",
                                      "code_version", "run_id"])
-    name = [("    ↳ " if lvl else "") + n + (f"  ({c} runs)" if c else "")
+    name = [("    " * lvl + "↳ " if lvl else "") + n + (f"  ({c} runs)" if c else "")
             for n, lvl, c in zip(grouped["name"], grouped["level"], grouped["children"])]
     return pd.DataFrame({"run": name, "kind": grouped["kind"].to_numpy(), "status": grouped["status"].to_numpy(),
                          "started": grouped["start_time"].dt.tz_convert(None).dt.floor("s").to_numpy(),

@@ -262,34 +262,50 @@ def manage_tab(sel) -> None:
                        "list and can be restored from the trash (toggle *Show the trash* above).",
                        icon=":material/delete:")
         yes, no = st.columns(2)
-        if yes.button("Yes, " + ("rename" if action == "rename" else "move to the trash"), type="primary",
-                      key="runs_confirm"):
-            try:
-                if action == "rename":
-                    R.rename_run(ids[0], name)
-                else:
-                    R.delete_runs(ids)
-                    st.session_state["runs_selected"] = []
-            except ValueError as e:
-                st.error(str(e))
-                return
-            st.session_state.pop("runs_pending", None)
-            bump()
-            st.toast("Renamed." if action == "rename" else f"{len(ids)} run(s) moved to the trash.")
-            st.rerun()
-        if no.button("Cancel", key="runs_cancel"):
-            st.session_state.pop("runs_pending", None)
-            st.rerun()
+        yes.button("Yes, " + ("rename" if action == "rename" else "move to the trash"), type="primary",
+                   key="runs_confirm", on_click=confirm_pending, args=(labels,))
+        no.button("Cancel", key="runs_cancel", on_click=lambda: st.session_state.pop("runs_pending", None))
+
+
+def confirm_pending(labels: dict) -> None:
+    """The confirmed rename or delete (a button callback: it runs before the page redraws)."""
+    action, ids, name = st.session_state.pop("runs_pending")
+    try:
+        if action == "rename":
+            R.rename_run(ids[0], name)
+            flash("success", f"Renamed {labels.get(ids[0], ids[0])} to {name}.")
+        else:
+            R.delete_runs(ids)
+            st.session_state["runs_selected"] = []
+            flash("success", f"{len(ids)} run(s) moved to the trash; *Show the trash* lists them for restoring.")
+    except ValueError as e:
+        flash("error", str(e))
+    bump()
+
+
+def restore(ids: tuple[str, ...], labels: dict) -> None:
+    R.restore_runs(ids)
+    st.session_state["runs_selected"] = []
+    flash("success", f"Restored {', '.join(labels.get(i, i) for i in ids)}.")
+    bump()
+
+
+def flash(kind: str, text: str) -> None:
+    """A message for the next redraw of the page."""
+    st.session_state["runs_flash"] = (kind, text)
+
+
+def show_flash() -> None:
+    kind, text = st.session_state.pop("runs_flash", (None, None))
+    if kind == "success":
+        st.success(text, icon=":material/check:")
+    elif kind:
+        st.error(text)
 
 
 def trash_actions(sel) -> None:
-    labels = R.run_labels(sel)
-    if st.button(f"Restore {len(sel)} run(s)", key="runs_restore", icon=":material/restore_from_trash:"):
-        R.restore_runs(sel["run_id"])
-        st.session_state["runs_selected"] = []
-        bump()
-        st.toast(f"Restored {', '.join(labels.values())}.")
-        st.rerun()
+    st.button(f"Restore {len(sel)} run(s)", key="runs_restore", icon=":material/restore_from_trash:",
+              on_click=restore, args=(tuple(sel["run_id"]), R.run_labels(sel)))
 
 
 def mlflow_ui(sel) -> None:
@@ -303,6 +319,7 @@ def mlflow_ui(sel) -> None:
 def main() -> None:
     if not store_reachable():
         return
+    show_flash()
     if not R.store_exists():
         getting_started()
         return

@@ -226,3 +226,14 @@ def test_listing_a_small_store_is_fast(session_home, small_phantom, tmp_path):
     took = time.perf_counter() - t0
     assert len(table) == 40 and took < 2.0, took
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:")
+
+
+def test_grouping_nested_and_looping_parents():
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    rows = [("a", "", 0), ("b", "a", 1), ("c", "b", 2), ("d", "a", 3), ("e", "", 4), ("x", "y", 5), ("y", "x", 6)]
+    table = pd.DataFrame({"run_id": [r[0] for r in rows], "parent_run_id": [r[1] for r in rows],
+                          "start_time": [t + pd.Timedelta(minutes=r[2]) for r in rows], "name": [r[0] for r in rows]})
+    g = R.group_runs(table)
+    assert list(g["run_id"]) == ["e", "a", "b", "c", "d", "x", "y"]
+    assert list(g["level"]) == [0, 0, 1, 2, 1, 0, 0] and list(g["children"])[:5] == [0, 2, 1, 0, 0]
+    assert set(g["group"].iloc[1:5]) == {"a"}

@@ -142,8 +142,8 @@ def test_trash_needs_confirmation_and_restores(store, small_phantom, monkeypatch
     at.button(key="runs_confirm").click().run()
     assert not at.exception, at.exception
     assert "gan-wgan" not in list(table(at).value["run"])
+    assert "moved to the trash" in texts(at.success)
     assert ids["gan-wgan"] in set(R.list_runs([exp], deleted=True)["run_id"])
-    at.run()  # AppTest drops the first widget change after a script's st.rerun(); a browser does not
     at.toggle(key="runs_trash").set_value(True).run()
     assert list(table(at).value["run"]) == ["gan-wgan"]
     assert "can be restored" in texts(at.info)          # the trash note says it can come back
