@@ -26,6 +26,7 @@ def test_no_streamlit_import_statement_in_core():
 def test_importing_every_core_module_loads_neither_streamlit_nor_mlflow():
     mods = core_modules()
     assert "core.data.phantom" in mods and "core.tracking" in mods and {"core.study.run", "core.study.commands"} <= set(mods)
+    assert {"core.runs", "core.report"} <= set(mods)
     code = (f"import sys\nfor m in {mods!r}: __import__(m)\n"
             "print(sorted(k for k in ('streamlit', 'mlflow') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
