@@ -6,8 +6,6 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -83,12 +81,10 @@ def test_names_are_escaped(tmp_path):
 def test_cli_writes_a_report_and_explains_bad_input(study, tmp_path, capsys):
     ids, _, _ = study
     out = tmp_path / "one.html"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "core", "report", "--run", ids["gan-wgan"], "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout.splitlines()[-1])
-    assert summary["ok"] and summary["out"] == str(out) and summary["charts"] == 2 and out.is_file()
+    assert cli_main(["report", "--run", ids["gan-wgan"], "--out", str(out)]) == 0   # python -m core report ...
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["ok"] and summary["command"] == "report" and summary["out"] == str(out)
+    assert summary["charts"] == 2 and out.is_file()
     assert "<title>Run gan-wgan</title>" in out.read_text()
 
     assert cli_main(["report", "--run", "f" * 32, "--out", str(tmp_path / "x.html")]) == 2
