@@ -326,7 +326,8 @@ def main() -> None:
     version = st.session_state.get("runs_version", 0)
     top = st.columns([3, 1, 1], vertical_alignment="bottom")
     trash = top[1].toggle("Show the trash", key="runs_trash", help="Runs moved to the trash (restorable).")
-    if top[2].button("Refresh", icon=":material/refresh:", key="runs_refresh"):
+    if top[2].button("Refresh", icon=":material/refresh:", key="runs_refresh",
+                     help="The listing is kept for up to 2 minutes; Refresh reads the store again."):
         bump()
         version = st.session_state["runs_version"]
     try:
