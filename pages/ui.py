@@ -169,5 +169,7 @@ def job_progress(job) -> None:
             col.metric(k, f"{v:.4g}")
     if job.state in ("failed", "died", "diverged"):
         st.error(job.meta.get("error") or s.get("message") or "The job failed; see its log.")
+    if s.get("warning"):   # e.g. the MLflow store was lost: training goes on, tracking data waits
+        st.warning(s["warning"], icon=":material/cloud_off:")
     with st.expander("Log"):
         st.code(job.log_tail(40) or "(empty)", language=None)

@@ -78,3 +78,21 @@ def test_launch_watch_browse_and_balance(gan_page, small_phantom):
     assert synthetic.class_counts()["Osteophytes"] == 40 - real
     assert set(synthetic.manifest["source"]) == {f"gan:{run_id}"}
     assert (synthetic.manifest["split"] == "train").all()
+
+
+def test_job_progress_shows_that_tracking_failed(tmp_path):
+    """A job whose MLflow store was lost trains on; its card says so (status.json "warning")."""
+    def card(folder: str):
+        from pathlib import Path
+
+        from core import jobs
+        from pages import ui
+
+        ui.job_progress(jobs.Job(id="j1", dir=Path(folder), meta={"state": "running", "argv": ["train-gan"]},
+                                 status={"step": 5, "total_steps": 10, "epoch": 1, "epochs": 2,
+                                         "warning": "MLflow store http://x failed; Training goes on"}))
+
+    at = AppTest.from_function(card, args=(str(tmp_path),)).run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning] == ["MLflow store http://x failed; Training goes on"]
+    assert at.get("progress")[0].value == 50   # percent
