@@ -332,13 +332,16 @@ def test_training_data_errors_are_clear():
 
 def test_same_seed_same_metrics_different_seed_different():
     train, val, test = tiny_splits()
-    a = train_classifier(tiny(seed=4), train, val, test, ["a", "b"])
+    steps = []
+    a = train_classifier(tiny(seed=4, log_every=2), train, val, test, ["a", "b"],
+                         on_step=lambda step, m: steps.append((step, m["train_loss_step"])))
     b = train_classifier(tiny(seed=4), train, val, test, ["a", "b"])
     c = train_classifier(tiny(seed=5), train, val, test, ["a", "b"])
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_seconds", "img_per_s")} for e in h]
     assert strip(a.history) == strip(b.history) and same(a.metrics, b.metrics)
     assert np.array_equal(a.test_probs, b.test_probs)
     assert strip(a.history) != strip(c.history)
+    assert [s for s, _ in steps] == [2, 4, 6, 8] and all(v > 0 for _, v in steps)
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):

@@ -344,7 +344,8 @@ class ClassifierTrainer:
         self.loss_weights = weights
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      fused=True)
-        self._sums = torch.zeros(3, device=self.device)   # loss * n, correct, n: summed on the device
+        self._sums = torch.zeros(2, device=self.device)   # loss * n, correct: summed on the device
+        self._seen = 0                                     # images since the last read_sums
         self.step = 0
 
     def set_lr(self, lr: float) -> None:
@@ -380,16 +381,17 @@ class ClassifierTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        with torch.no_grad():
-            n = torch.tensor(float(len(idx)), device=self.device)
-            self._sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum().float(), n])
+        with torch.no_grad():   # summed on the device: no host sync here
+            self._sums += torch.stack([loss.detach() * len(idx), (logits.argmax(1) == y).sum().float()])
+        self._seen += len(idx)
         self.step += 1
 
     def read_sums(self) -> tuple[float, float, int]:
         """(mean loss, accuracy, images) since the last read (one host sync); resets the sums."""
-        loss_n, correct, n = self._sums.tolist()
+        loss_n, correct = self._sums.tolist()
+        n, self._seen = self._seen, 0
         self._sums.zero_()
-        return (loss_n / n, correct / n, int(n)) if n else (math.nan, math.nan, 0)
+        return (loss_n / n, correct / n, n) if n else (math.nan, math.nan, 0)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
@@ -552,7 +554,7 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
                 break
             trainer.train_step(idx)
             if on_step is not None and trainer.main_process and trainer.step % config.log_every == 0:
-                on_step(trainer.step, {"train_loss_step": float(trainer._sums[0] / trainer._sums[2])})
+                on_step(trainer.step, {"train_loss_step": float(trainer._sums[0]) / max(trainer._seen, 1)})
         if stopped:
             state, message = "stopped", f"stopped during epoch {epoch}; the last checkpoint holds epoch {epoch - 1}."
             break
