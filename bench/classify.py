@@ -20,12 +20,14 @@ median images/s per contender, and the median over rounds of ours / baseline in 
 Last line: ``classify: ratio=<min over models of the last mode> target=1.3`` (2.0 on a GPU).
 """
 import argparse
+import functools
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+print = functools.partial(print, flush=True)   # progress shows while a long run goes on
 
 
 def main() -> None:
