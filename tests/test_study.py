@@ -18,7 +18,8 @@ from core.study.results import collect_cells, delta_sensitivity, results_table, 
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"sets": ("real", "crop", "dcgan"), "networks": ("small_cnn",), "seeds": (0,), "image_size": 16, "epochs": 1,
-        "batch_size": 64, "n_boot": 50, "gan_resolution": 32, "gan_width": 8, "gan_batch": 16, "gan_steps": {"dcgan": 5}}
+        "batch_size": 64, "n_boot": 50, "gan_resolution": 32, "gan_width": 8, "gan_batch": 16, "gan_steps": {"dcgan": 5},
+        "precision": "fp32"}
 
 
 def digest(a: np.ndarray) -> str:
@@ -127,6 +128,7 @@ def test_fan_out_through_run_cell_rebuilds_the_same_table(spied_study, small_pha
                           timeout=120)
     plan = json.loads(proc.stdout.splitlines()[-1])
     assert plan["ok"] and plan["cells"] == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert plan["study_key"] == summary["study_key"]   # the CLI (preset + --config) built the same study
     specs = sorted(str(p) for p in (out / "specs").glob("*.json"))
     assert specs == sorted(plan["specs"]) and len(specs) == 3
     assert {json.loads(Path(p).read_text())["cell"]["set"] for p in specs} == set(TINY["sets"])
@@ -241,6 +243,11 @@ def test_grid_and_presets():
     assert set(paper.sets) == set(AUG_SETS) and len(cells(paper)) == 13 * 2 * 3
     assert paper.gan_variants() == ("dcgan", "wgan", "wgan-gp")
     assert Cell("classic+gan", "vgg16", 2).key == "classic+gan|vgg16|s2"
+    from core.study.run import cell_epochs
+
+    # equal budget: a set twice the real split's size gets half the epochs (at least one)
+    assert (cell_epochs(quick, 700, 700), cell_epochs(quick, 700, 1400), cell_epochs(quick, 700, 1086)) == (10, 5, 6)
+    assert cell_epochs(quick, 10, 10_000) == 1 and cell_epochs(paper, 700, 1400) == paper.epochs
     assert StudyConfig(**TINY).key() == StudyConfig(**{**TINY, "device": "cpu"}).key()
     assert StudyConfig(**TINY).key() != StudyConfig(**{**TINY, "seeds": (1,)}).key()
 
@@ -281,3 +288,18 @@ def test_bad_input_gets_clear_errors(small_phantom, tmp_path):
                            "--out", str(tmp_path / "cli")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     line = json.loads(proc.stdout.splitlines()[-1])
     assert line["ok"] is False and "no such folder" in line["error"] and "nowhere" in line["error"]
+
+
+def test_gan_sets_from_a_given_checkpoint_train_no_gan(spied_study, small_phantom, tmp_path, monkeypatch):
+    import core.gan.train as gtrain
+    from core.study.run import run_study
+
+    _, _, out = spied_study
+    (ckpt,) = (out / "gans").glob("dcgan-*/checkpoint.pt")
+    monkeypatch.setattr(gtrain, "train_gan", lambda *a, **k: pytest.fail("a given checkpoint must not be retrained"))
+    config = StudyConfig(**{**TINY, "sets": ("real", "dcgan"), "seeds": (1,), "gan_checkpoints": {"dcgan": str(ckpt)}})
+    summary = run_study(small_phantom.root, config, tmp_path / "given", log=quiet)
+    assert summary["ran"] == 2 and not list((tmp_path / "given" / "gans").glob("*/checkpoint.pt"))
+    with pytest.raises(ValueError, match="neither a checkpoint file nor an MLflow run id"):
+        run_study(small_phantom.root, StudyConfig(**{**config.to_dict(), "gan_checkpoints": {"dcgan": "nope"}}),
+                  tmp_path / "bad", log=quiet)

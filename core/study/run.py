@@ -262,6 +262,11 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     from core.study.results import collect_cells, results_table, table_text, write_results
 
     check_networks(config)
+    from core.study.sets import resolve_checkpoint
+
+    for variant in config.gan_variants():   # given GAN checkpoints: fail before any training
+        if variant in config.gan_checkpoints:
+            resolve_checkpoint(config.gan_checkpoints[variant])
     ds = load_data(data)
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
