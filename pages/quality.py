@@ -160,7 +160,7 @@ def memorization_panel(rep: qr.Report) -> None:
     left.plotly_chart(memorization_figure(rep.memorization, rep.sets), key="q_mem_chart")
     with right:
         if flagged:
-            st.error(f"{flagged} near-copies flagged.", icon=":material/content_copy:")
+            st.error(f"{flagged} near-cop{'y' if flagged == 1 else 'ies'} flagged.", icon=":material/content_copy:")
         else:
             st.success("No near-copies flagged. The closest pairs are shown for a visual check.",
                        icon=":material/verified_user:")

@@ -28,6 +28,6 @@ def test_quality_page_two_gan_runs_in_chromium(small_phantom, isolated_workspace
         assert errors.count() == 0, errors.first.inner_text()
         body = page.inner_text("body")
         assert "dcgan Osteophytes" in body and "wgan-gp conditional" in body
-        assert "domain encoder" in body and "near-copies flagged" in body
+        assert "domain encoder" in body and "1 near-copy flagged" in body
         assert "Fidelity over training" in body and "Memorization audit" in body
         tall_screenshot(page, SHOTS / "quality.png")

@@ -47,7 +47,7 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     assert not at.exception, at.exception
     at.selectbox(key="q_report_pick").set_value(f"run:{run.info.run_id}|{out}").run()   # a past MLflow run
     assert not at.exception, at.exception
-    assert [e.value for e in at.error] == ["1 near-copies flagged."]   # the planted copy, and nothing else
+    assert [e.value for e in at.error] == ["1 near-copy flagged."]   # the planted copy, and nothing else
     table = at.dataframe[0].value
     assert len(table) == 3 and set(table["extractor"]) == {"domain"}
     assert all("[" in v for v in table["FID [95% CI]"])
