@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from core.augment.ops import STUDY_OPERATIONS
 
 GAN_VARIANTS = ("dcgan", "wgan", "wgan-gp")
+DEFAULT_GAN_STEPS = {"dcgan": 150, "wgan": 60, "wgan-gp": 60}
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class StudyConfig:
     gan_resolution: int = 64                     # GAN image side (32, 64, 128, 256)
     gan_width: int = 16                          # base channels of G and D
     gan_batch: int = 64
-    gan_steps: Mapping[str, int] = field(default_factory=lambda: {"dcgan": 150, "wgan": 60, "wgan-gp": 60})
+    gan_steps: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_GAN_STEPS))  # generator steps per
+                                                 # variant; variants left out keep these defaults
     gan_checkpoints: Mapping[str, str] = field(default_factory=dict)  # variant -> checkpoint.pt of a given
                                                  # conditional GAN run (skips training that variant)
     combo_variant: str = "dcgan"                 # the GAN of the classic+gan set
@@ -138,7 +140,7 @@ class StudyConfig:
             raise ValueError(f"gan_resolution={self.gan_resolution}: choose 32, 64, 128 or 256 px.")
         if self.combo_variant not in GAN_VARIANTS:
             raise ValueError(f"combo_variant={self.combo_variant!r}: choose one of {', '.join(GAN_VARIANTS)}.")
-        object.__setattr__(self, "gan_steps", dict(self.gan_steps))
+        object.__setattr__(self, "gan_steps", {**DEFAULT_GAN_STEPS, **dict(self.gan_steps)})
         object.__setattr__(self, "gan_checkpoints", dict(self.gan_checkpoints))
         for v, steps in self.gan_steps.items():
             if v not in GAN_VARIANTS or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
