@@ -58,9 +58,25 @@ def _pair(x, y, convert: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _squared_error_sums(x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Per-pair sum of squared differences, float64. uint8 pairs are summed exactly in integers,
+    chunk by chunk (no full-size float copies)."""
+    n = x.shape[0]
+    out = torch.empty(n, dtype=torch.float64)
+    exact = not x.is_floating_point() and not y.is_floating_point()
+    for i in range(0, n, chunk):
+        if exact:
+            d = x[i:i + chunk].to(torch.int32) - y[i:i + chunk].to(torch.int32)
+            out[i:i + chunk] = d.mul_(d).sum(dim=(1, 2)).double()        # int32 squares, int64 sums
+        else:
+            d = x[i:i + chunk].double() - y[i:i + chunk].double()
+            out[i:i + chunk] = d.mul_(d).sum(dim=(1, 2))
+    return out
+
+
 def mse(x, y) -> np.ndarray:
-    x, y = _pair(x, y)
-    return (x.double() - y.double()).pow(2).mean(dim=(1, 2)).numpy()
+    x, y = _pair(x, y, convert=False)
+    return (_squared_error_sums(x, y) / (x.shape[1] * x.shape[2])).numpy()
 
 
 def rmse(x, y) -> np.ndarray:
@@ -69,8 +85,8 @@ def rmse(x, y) -> np.ndarray:
 
 def nrmse(x, y) -> np.ndarray:
     """sqrt(MSE) / sqrt(mean(ref^2)) (scikit-image's "euclidean" normalisation; inf for a black ref)."""
-    x, y = _pair(x, y)
-    denom = x.double().pow(2).mean(dim=(1, 2)).sqrt().numpy()
+    x, y = _pair(x, y, convert=False)
+    denom = np.sqrt((_squared_error_sums(x, torch.zeros_like(x[:1]).expand_as(x)) / (x.shape[1] * x.shape[2])).numpy())
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.sqrt(mse(x, y)) / denom
 
@@ -123,18 +139,19 @@ def _ssim_separable(x: torch.Tensor, y: torch.Tensor, data_range: float, chunk: 
     out = torch.empty(n, dtype=torch.float64)
     for i in range(0, n, chunk):   # small chunks keep the intermediates in cache
         a, b = x[i:i + chunk].to(dtype), y[i:i + chunk].to(dtype)
-        maps = torch.empty((5, *a.shape), dtype=dtype, device=a.device)
+        # SSIM needs var_a + var_b only as a sum, so a^2 + b^2 is filtered as one map (4, not 5)
+        maps = torch.empty((4, *a.shape), dtype=dtype, device=a.device)
         maps[0], maps[1] = a, b
         torch.mul(a, a, out=maps[2])
-        torch.mul(b, b, out=maps[3])
-        torch.mul(a, b, out=maps[4])
+        maps[2].addcmul_(b, b)
+        torch.mul(a, b, out=maps[3])
         # W pass, then H pass on the transposed maps; the mean below does not care about orientation
-        mu_a, mu_b, aa, bb, ab = fh(fw(maps).transpose(-1, -2).contiguous())
+        mu_a, mu_b, aabb, ab = fh(fw(maps).transpose(-1, -2).contiguous())
         mu_ab = mu_a * mu_b
         ab.sub_(mu_ab).mul_(2).add_(c2)                       # 2 cov + C2
         mu_a.square_()
         mu_b.square_()
-        aa.add_(bb).sub_(mu_a).sub_(mu_b).add_(c2)            # var_a + var_b + C2
+        aa = aabb.sub_(mu_a).sub_(mu_b).add_(c2)              # var_a + var_b + C2
         num = mu_ab.mul_(2).add_(c1).mul_(ab)                 # (2 mu_a mu_b + C1)(2 cov + C2)
         den = mu_a.add_(mu_b).add_(c1).mul_(aa)               # (mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2)
         out[i:i + chunk] = num.div_(den).mean(dim=(-2, -1), dtype=torch.float64).cpu()
