@@ -109,7 +109,7 @@ def cell_report(run_id: str) -> dict:
 
 
 def curves_and_confusion(run_id: str, where: str, best_epoch: int | None = None, finished: bool = True) -> None:
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     history = tracking.metric_history(run_id, CURVE_KEYS)
     if history.empty:
         left.caption("No epoch has finished yet.")

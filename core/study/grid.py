@@ -78,7 +78,7 @@ class StudyConfig:
     networks: tuple[str, ...] = ("small_cnn",)   # keys of core.classify.models.MODELS
     seeds: tuple[int, ...] = (0,)                # one cell per seed; 3+ seeds give a t-interval
     image_size: int = 64                         # classifier input side in px (models may resize, e.g. 299)
-    epochs: int = 10                             # classifier epochs per cell (early stopping may end sooner)
+    epochs: int = 8                              # classifier epochs per cell (early stopping may end sooner)
     equal_budget: bool = True                    # every cell trains on the same number of images: a set k times
                                                  # the real training split gets round(epochs / k) epochs, so
                                                  # augmentation is not confounded with more gradient steps
