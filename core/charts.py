@@ -66,7 +66,6 @@ _GAN_NAMES = {"loss_d": "D loss", "loss_g": "G loss", "wasserstein": "Wasserstei
 def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None):
     """Two panels of a GAN run's curves from a long (key, step, value) table: the losses and
     the Wasserstein estimate on top, D's outputs below. x is the generator step (or epoch)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,

@@ -36,16 +36,42 @@ def run_gan(variant: str, steps: int, diffaug: bool = False) -> dict:
     return {"G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "stats": stats, "world_size": ctx.world_size}
 
 
+def run_classifier(model: str, epochs: int, balance: str = "none") -> dict:
+    """``epochs`` epochs of 30 images in global batches of 8 (the last one, 6, splits evenly).
+    Also returns the (DDP-averaged) gradients of the first step."""
+    from core.classify.train import ClassifierConfig, ClassifierTrainer, epoch_indices, rank_batches
+
+    ctx = distributed.init("cpu")
+    x, y = images(n=30)
+    config = ClassifierConfig(model=model, image_size=32, batch_size=GLOBAL_BATCH, epochs=epochs, lr=1e-3,
+                              device="cpu", precision="fp32", threads=1, seed=5, balance=balance)
+    trainer = ClassifierTrainer(config, (x, y), (x[:6], y[:6]), ["a", "b", "c"])
+    first_grads = None
+    for epoch in range(1, epochs + 1):
+        for idx, whole in rank_batches(epoch_indices(trainer.n_train, trainer.train_y, epoch, config),
+                                       config.batch_size, ctx):
+            trainer.train_step(idx, whole)
+            if first_grads is None:
+                first_grads = {k: p.grad.detach().clone() for k, p in trainer.net.named_parameters()}
+                first_loss, _, first_n = trainer.read_sums()   # a collective: every rank calls it
+    loss, acc, n = trainer.read_sums()
+    return {"G": trainer.net.state_dict(), "D": {}, "grads": first_grads, "world_size": ctx.world_size,
+            "stats": {"first_loss": first_loss, "n": first_n + n, "train_loss": loss, "train_acc": acc}}
+
+
 def main(argv: list[str]) -> None:
     what, name, steps, out = argv[0], argv[1], int(argv[2]), argv[3]
     flags = set(argv[4:])
     if what == "gan":
         result = run_gan(name, steps, diffaug="diffaug" in flags)
+    elif what == "classifier":
+        result = run_classifier(name, steps, "weighted_loss" if "weighted_loss" in flags else "none")
     else:
         raise SystemExit(f"unknown trainer {what!r}")
     if distributed.current().is_main:
         torch.save(result, out)
     distributed.shutdown()
+    distributed.exit_now(0)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,20 @@ def cmd_train_classifier(args) -> dict:
     classes = job["classes"]
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
-    splits = classifier_splits(ds, config.input_size, classes, on_progress=progress_printer(0.25))
+    from core import distributed
+
+    ctx = distributed.init(config.device)   # under torchrun: join the other ranks
+    if ctx.active and not ctx.is_main:
+        distributed.barrier(ctx)             # rank 0 builds the pixel cache first
+    splits = classifier_splits(ds, config.input_size, classes,
+                               on_progress=progress_printer(0.25) if ctx.is_main else None)
+    if ctx.active and ctx.is_main:
+        distributed.barrier(ctx)
+    if not ctx.is_main:                      # the other ranks train silently: rank 0 logs, checkpoints, reports
+        result = train_classifier(config, splits.train, splits.val, splits.test, splits.class_names,
+                                  checkpoint_dir=out, resume=bool(job["resume"]))
+        distributed.shutdown()
+        return {"rank": ctx.rank, "state": result.state, "seconds": result.seconds}
     status = StatusFile(out, kind="train-classifier", out=str(out), state="starting", message="loading", epoch=0,
                         epochs=config.epochs, eta_s=None, img_per_s=None, metrics={}, best_epoch=0, run_id=None,
                         checkpoint=None, model=None, test=None, config=config.to_dict())
@@ -135,7 +148,7 @@ def cmd_train_classifier(args) -> dict:
     try:
         params = {**config.to_dict(), "data": str(ds.root), "classes": json.dumps(splits.class_names),
                   "n_train": len(splits.train[1]), "n_val": len(splits.val[1]), "n_test": len(splits.test[1]),
-                  "input_size": config.input_size, "out": str(out)}
+                  "input_size": config.input_size, "out": str(out), "world_size": ctx.world_size}
         tags = {"medaug.classifier.model": config.model, "medaug.out": str(out),
                 "medaug.classifier.shuffle_labels": config.shuffle_labels}
         if job["resume"] and (out / CHECKPOINT_FILE).is_file():
@@ -197,6 +210,7 @@ def cmd_train_classifier(args) -> dict:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    distributed.shutdown()
     test = {k: m[k] for k in SUMMARY_METRICS} if m else None
     status.update(force=True, state=result.state, message=result.message, eta_s=0.0, best_epoch=result.best_epoch,
                   model=str(result.model_path) if result.model_path else None, test=_finite(test))

@@ -25,9 +25,11 @@ Determinism: batch order comes from a generator seeded by (seed, epoch) and drop
 global torch RNG, saved in each checkpoint, so on a CPU the same seed gives the same metrics
 and a resumed run equals an uninterrupted one.
 
-DDP (not implemented here; the single points to change): :func:`_rank_world`,
-:func:`_wrap_model`, :func:`epoch_indices` (``rank``/``world_size`` shard) and the
-``main_process`` guards around checkpoints and callbacks.
+Under torchrun (:mod:`core.distributed`): DistributedDataParallel with synchronised batch
+norm; ``batch_size`` stays the GLOBAL batch. Every rank draws the same epoch permutation, cuts
+the same global batches, and trains on its own contiguous slice of each (:func:`rank_batches`);
+the loss is normalised by the global batch, so a run is the same training as one process with
+the same batch and seed (up to float summation order). Only rank 0 checkpoints and reports.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core import distributed
 from core.classify.evaluate import evaluate, macro_f1
 from core.classify.models import build_model, input_size, model_spec
 
@@ -193,22 +196,25 @@ def epoch_lr(config: ClassifierConfig, epoch: int) -> float:
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) until DDP lands (torchrun would set them)."""
-    return 0, 1
+def rank_batches(indices: torch.Tensor, batch_size: int,
+                 ctx: distributed.Context) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(this rank's contiguous slice, the whole global batch) for each global batch. Under DDP a
+    last batch that does not split evenly over the ranks is trimmed to a multiple of the world size."""
+    out = []
+    for b in batches(indices, batch_size):
+        if ctx.active:
+            b = b[:len(b) - len(b) % ctx.world_size]
+            if len(b) < ctx.world_size:
+                continue
+        out.append((b[distributed.local_part(len(b), ctx)], b))
+    return out
 
 
-def _wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The single place to wrap the network for DDP (DistributedDataParallel(model, ...))."""
-    return model
-
-
-def epoch_indices(n: int, labels: torch.Tensor, epoch: int, config: ClassifierConfig,
-                  rank: int = 0, world_size: int = 1) -> torch.Tensor:
+def epoch_indices(n: int, labels: torch.Tensor, epoch: int, config: ClassifierConfig) -> torch.Tensor:
     """Training indices of one epoch (CPU, int64), deterministic in (seed, epoch).
 
     ``balance="sampler"`` draws n indices with replacement, each class equally likely;
-    otherwise a permutation. Under DDP each rank takes every ``world_size``-th index."""
+    otherwise a permutation. Every DDP rank draws the same one (see :func:`rank_batches`)."""
     g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     if config.balance == "sampler":
         counts = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).double()
@@ -216,7 +222,7 @@ def epoch_indices(n: int, labels: torch.Tensor, epoch: int, config: ClassifierCo
         idx = torch.multinomial(weights, n, replacement=True, generator=g)
     else:
         idx = torch.randperm(n, generator=g)
-    return idx[rank::world_size]
+    return idx
 
 
 def batches(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -306,12 +312,13 @@ class ClassifierTrainer:
             raise ValueError(f"class_names: need at least 2 distinct names, got {self.class_names}.")
         self.num_classes = k
         self.size = config.input_size
-        self.device = resolve_device(config.device)
+        self.ctx = distributed.current()
+        self.device = resolve_device(distributed.device_for(self.ctx, config.device))
         self.bf16 = use_bf16(self.device, config.precision)
-        self.rank, self.world_size = _rank_world()
-        self.main_process = self.rank == 0
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        self.main_process = self.ctx.is_main
+        threads = config.threads or distributed.default_threads(self.ctx)
+        if threads:
+            torch.set_num_threads(threads)
 
         train_x, train_y = _as_split(train, "train", k, self.size)
         val_x, val_y = _as_split(val, "val", k, self.size)
@@ -337,8 +344,8 @@ class ClassifierTrainer:
         self.n_train = len(train_y)
         net = build_model(config.model, k, 1, config.weights_path, config.aux_logits)
         self.load_report = net.load_report
-        self.net = net.to(self.device, memory_format=cl)
-        self.model = _wrap_model(self.net, self.device)
+        self.net = distributed.sync_batchnorm(net.to(self.device, memory_format=cl), self.ctx)
+        self.model = distributed.wrap(self.net, self.ctx)    # DDP under torchrun, else the network itself
         self.aux_weight = float(self.net.aux_weight)
         weights = None
         if config.balance == "weighted_loss":
@@ -362,24 +369,36 @@ class ClassifierTrainer:
         x = x_u8.float().mul_(1.0 / 255.0).sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, main logits). Training-mode Inception-v3 / GoogLeNet return (logits, *aux)."""
+    def loss(self, out, y: torch.Tensor, norm: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, main logits). Training-mode Inception-v3 / GoogLeNet return (logits, *aux).
+
+        The (class-weighted) cross-entropy sum divided by ``norm``: by default this batch's weight
+        sum, i.e. PyTorch's weighted mean; under DDP the global batch's weight sum / world size,
+        so that DDP's gradient average is the global batch's weighted mean."""
         if isinstance(out, tuple):
             logits, aux = out[0], [a for a in out[1:] if a is not None]
         else:
             logits, aux = out, []
         logits = logits.float()
-        loss = F.cross_entropy(logits, y, weight=self.loss_weights)
+        if norm is None:
+            norm = self.loss_weights[y].sum() if self.loss_weights is not None else len(y)
+        loss = F.cross_entropy(logits, y, weight=self.loss_weights, reduction="sum") / norm
         for a in aux:
-            loss = loss + self.aux_weight * F.cross_entropy(a.float(), y, weight=self.loss_weights)
+            loss = loss + self.aux_weight * F.cross_entropy(a.float(), y, weight=self.loss_weights,
+                                                            reduction="sum") / norm
         return loss, logits
 
-    def train_step(self, idx: torch.Tensor) -> None:
-        """One AdamW update on the training images ``idx`` (a device tensor). Never syncs with the host."""
+    def train_step(self, idx: torch.Tensor, global_idx: torch.Tensor | None = None) -> None:
+        """One AdamW update on the training images ``idx`` (a device tensor). Never syncs with the host.
+        Under DDP ``global_idx`` is the whole global batch (``idx`` is this rank's slice of it)."""
         x, y = self.prepare(self.train_x[idx]), self.train_y[idx]
+        norm = None
+        if self.ctx.active and global_idx is not None:
+            g = self.train_y[global_idx]
+            norm = (self.loss_weights[g].sum() if self.loss_weights is not None else len(g)) / self.ctx.world_size
         with self.autocast():
             out = self.model(x)
-        loss, logits = self.loss(out, y)
+        loss, logits = self.loss(out, y, norm)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -390,8 +409,12 @@ class ClassifierTrainer:
 
     def read_sums(self) -> tuple[float, float, int]:
         """(mean loss, accuracy, images) since the last read (one host sync); resets the sums."""
-        loss_n, correct = self._sums.tolist()
+        sums = self._sums
         n, self._seen = self._seen, 0
+        if self.ctx.active:   # the whole global batch's figures, on every rank
+            sums = distributed.mean_over_ranks(sums, self.ctx) * self.ctx.world_size
+            n *= self.ctx.world_size
+        loss_n, correct = sums.tolist()
         self._sums.zero_()
         return (loss_n / n, correct / n, n) if n else (math.nan, math.nan, 0)
 
@@ -546,15 +569,17 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
     stopped = False
     while loop["done"] is None and loop["epoch"] < config.epochs:
         epoch = loop["epoch"] + 1
-        idx_all = epoch_indices(trainer.n_train, trainer.train_y, epoch, config, trainer.rank, trainer.world_size)
+        idx_all = epoch_indices(trainer.n_train, trainer.train_y, epoch, config).to(trainer.device)
+        if trainer.ctx.active:   # dropout: independent masks per rank, reproducible per (seed, epoch, rank)
+            torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + trainer.ctx.rank + 1)
         trainer.set_lr(epoch_lr(config, epoch))
         trainer.net.train()
         t_epoch = time.perf_counter()
-        for i, idx in enumerate(batches(idx_all.to(trainer.device), config.batch_size)):
-            if should_stop is not None and should_stop():
+        for idx, whole in rank_batches(idx_all, config.batch_size, trainer.ctx):
+            if should_stop is not None and distributed.agree(should_stop(), trainer.ctx):
                 stopped = True
                 break
-            trainer.train_step(idx)
+            trainer.train_step(idx, whole)
             if on_step is not None and trainer.main_process and trainer.step % config.log_every == 0:
                 on_step(trainer.step, {"train_loss_step": float(trainer._sums[0]) / max(trainer._seen, 1)})
         if stopped:
@@ -586,10 +611,11 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
             save_checkpoint(ckpt, trainer.state_dict(loop))
         if on_epoch is not None and trainer.main_process:
             on_epoch(epoch, dict(metrics))
-        if loop["done"] is None and config.max_seconds and time.perf_counter() - t0 >= config.max_seconds:
+        if loop["done"] is None and config.max_seconds and distributed.agree(
+                time.perf_counter() - t0 >= config.max_seconds, trainer.ctx):
             state, message = "time_budget", f"time budget of {config.max_seconds:g} s ran out after epoch {epoch}."
             break
-        if should_stop is not None and should_stop():
+        if should_stop is not None and distributed.agree(should_stop(), trainer.ctx):
             state, message = "stopped", f"stopped after epoch {epoch}."
             break
     if loop["done"] is not None:
