@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ def spied_study(small_phantom, tmp_path_factory, session_home):
     mp.setattr(Pipeline, "apply", apply)
     mp.setattr(gtrain, "train_gan", train_gan)
     mp.setattr(ctrain, "train_classifier", train_classifier)
+    import torch
+
+    seen["threads"] = torch.get_num_threads()   # earlier tests in this process may have changed it
     try:
         out = tmp_path_factory.mktemp("study") / "tiny"
         summary = run_study(small_phantom.root, StudyConfig(**TINY), out, log=quiet)
@@ -119,13 +123,15 @@ def test_fan_out_through_run_cell_rebuilds_the_same_table(spied_study, small_pha
     (determinism on the CPU, across processes)."""
     from core.study.run import run_cell_spec
 
-    summary, _, _ = spied_study
+    summary, seen, _ = spied_study
+    # CPU results are reproducible for the same thread count (it sets the order of float sums)
+    threads = {**os.environ, "OMP_NUM_THREADS": str(seen["threads"])}
     config = tmp_path / "study.json"
     config.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}))
     out = tmp_path / "fan"
     proc = subprocess.run(check=False, args=[sys.executable, "-m", "core", "study", "--data", str(small_phantom.root), "--config",
                            str(config), "--plan-only", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=threads)
     plan = json.loads(proc.stdout.splitlines()[-1])
     assert plan["ok"] and plan["cells"] == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert plan["study_key"] == summary["study_key"]   # the CLI (preset + --config) built the same study
@@ -137,7 +143,8 @@ def test_fan_out_through_run_cell_rebuilds_the_same_table(spied_study, small_pha
     assert status["run_id"] == plan["study_run_id"]
 
     loop = f"for s in {out}/specs/*.json; do {sys.executable} -m core run-cell \"$s\" || exit 1; done"
-    proc = subprocess.run(check=False, args=["bash", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(check=False, args=["bash", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=threads)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 3 and all(x["ok"] and not x["skipped"] for x in lines)
