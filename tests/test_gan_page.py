@@ -80,7 +80,7 @@ def test_launch_watch_browse_and_balance(gan_page, small_phantom):
     assert (synthetic.manifest["split"] == "train").all()
 
 
-def test_job_progress_shows_that_tracking_failed(tmp_path):
+def test_job_progress_shows_that_tracking_failed(tmp_path, monkeypatch):
     """A job whose MLflow store was lost trains on; its card says so (status.json "warning")."""
     def card(folder: str):
         from pathlib import Path
@@ -92,6 +92,12 @@ def test_job_progress_shows_that_tracking_failed(tmp_path):
                                  status={"step": 5, "total_steps": 10, "epoch": 1, "epochs": 2,
                                          "warning": "MLflow store http://x failed; Training goes on"}))
 
+    import sys
+    # AppTest.from_function leaves its generated script as __main__; process pools that spawn
+    # later (the ingest tests) would re-run it: put the real __main__ back afterwards
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", getattr(sys.modules["__main__"], "__file__", None),
+                        raising=False)
     at = AppTest.from_function(card, args=(str(tmp_path),)).run()
     assert not at.exception, at.exception
     assert [w.value for w in at.warning] == ["MLflow store http://x failed; Training goes on"]
