@@ -44,6 +44,21 @@ def progress_printer(every: float = 0.1):
     return report
 
 
+def read_config(path: str | None, command: str) -> dict:
+    """The ``--config JSON`` object of ``command``'s fields ({} without one); flags are laid over it."""
+    if not path:
+        return {}
+    from pathlib import Path
+
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of {command} fields.") from e
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: expected one JSON object of {command} fields.")
+    return fields
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="MedAug Studio: headless commands. "
                                 "Each prints a readable log and one JSON summary line last.")

@@ -426,9 +426,28 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
     params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
     for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
         c.log_batch(run.run_id, params=params[i:i + _MAX_PARAMS_PER_BATCH])
+    with _ending(run):
+        yield run
+
+
+@contextmanager
+def reopen_run(run_id: str, on_error: Callable[[str], None] | None = None) -> Iterator[Run]:
+    """Continue an existing run (e.g. the parent of a resumed study): RUNNING again, then
+    ended like :func:`start_run` ends a run."""
+    check_store()
+    c = client()
+    c.update_run(run_id, status="RUNNING")
+    run = Run(c, run_id, on_error=on_error)
+    with _ending(run):
+        yield run
+
+
+@contextmanager
+def _ending(run: Run) -> Iterator[None]:
+    """End ``run`` FINISHED, FAILED if the body raises, or KILLED on Ctrl-C (see :meth:`Run.close`)."""
     status = "FINISHED"
     try:
-        yield run
+        yield
     except KeyboardInterrupt:
         status = "KILLED"
         raise

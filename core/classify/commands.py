@@ -24,7 +24,7 @@ import signal
 import time
 from pathlib import Path
 
-from core.cli import log, progress_printer
+from core.cli import log, progress_printer, read_config
 
 # --config keys that are not ClassifierConfig fields
 JOB_KEYS = ("data", "out", "resume", "classes")
@@ -32,16 +32,7 @@ JOB_KEYS = ("data", "out", "resume", "classes")
 
 def job_fields(args) -> dict:
     """--config JSON overlaid by the flags given on the command line."""
-    fields: dict = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            fields = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of "
-                             f"train-classifier fields.") from e
-        if not isinstance(fields, dict):
-            raise ValueError(f"--config {path}: expected one JSON object of train-classifier fields.")
+    fields = read_config(args.config, "train-classifier")
     for key, value in vars(args).items():
         if key in ("config", "func", "command") or value is None:
             continue

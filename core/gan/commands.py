@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.cli import log, progress_printer
+from core.cli import log, progress_printer, read_config
 from core.jobs import write_json_atomic
 
 STATUS_FILE = "status.json"
@@ -98,17 +98,9 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
 
 def job_fields(args) -> dict:
     """--config JSON overlaid by the flags given on the command line."""
-    fields: dict = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            fields = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of train-gan fields.") from e
-        if not isinstance(fields, dict):
-            raise ValueError(f"--config {path}: expected one JSON object of train-gan fields.")
-        if "class_name" in fields:
-            fields["class"] = fields.pop("class_name")
+    fields = read_config(args.config, "train-gan")
+    if "class_name" in fields:
+        fields["class"] = fields.pop("class_name")
     for key, value in vars(args).items():
         if key in ("config", "func", "command") or value is None:
             continue

@@ -7,12 +7,11 @@ JSON summary line last.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
-from core.cli import log
+from core.cli import log, read_config
 
 CONFIG_FIELDS = ("real", "synthetic", "epochs_of", "extractor", "inception_weights", "size", "n_per_class",
                  "max_images", "n_boot", "kid_subsets", "pr_k", "memorization_quantile", "diversity_pairs",
@@ -30,14 +29,7 @@ def metric_key(name: str) -> str:
 def config_from_args(args):
     from core.quality.evaluate import QualityConfig
 
-    fields: dict = {}
-    if args.config:
-        try:
-            fields = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {args.config}: cannot read it as JSON ({e}).") from e
-        if not isinstance(fields, dict):
-            raise ValueError(f"--config {args.config}: expected one JSON object of quality fields.")
+    fields = read_config(args.config, "quality")
     for key in CONFIG_FIELDS:
         value = getattr(args, key, None)
         if value is not None and value != []:

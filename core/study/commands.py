@@ -17,11 +17,10 @@
 """
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
-from core.cli import log
+from core.cli import log, read_config
 
 JOB_KEYS = ("data", "out", "preset", "resume", "plan_only")
 
@@ -41,15 +40,7 @@ def _parse_gan_steps(items: list[str]) -> dict[str, int]:
 
 def study_fields(args) -> tuple[dict, dict]:
     """(job options, StudyConfig overrides) from --config JSON overlaid by the flags."""
-    fields: dict = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            fields = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {path}: cannot read it as JSON ({e}); write one object of study fields.") from e
-        if not isinstance(fields, dict):
-            raise ValueError(f"--config {path}: expected one JSON object of study fields.")
+    fields = read_config(args.config, "study")
     flags = {"data": args.data, "out": args.out, "preset": args.preset, "resume": args.resume or None,
              "plan_only": args.plan_only or None, "sets": args.sets, "networks": args.networks, "seeds": args.seeds,
              "epochs": args.epochs, "image_size": args.image_size, "device": args.device, "metric": args.metric,

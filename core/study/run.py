@@ -23,7 +23,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,30 +107,6 @@ def classifier_config(config: StudyConfig, cell: Cell, epochs: int | None = None
 
 
 # --- MLflow: the parent run and finished cells -----------------------------------------------------
-
-@contextmanager
-def reopened_run(run_id: str):
-    """Continue an existing run (the parent of a resumed study) and end it like start_run does."""
-    from core import tracking
-
-    c = tracking.client()
-    c.update_run(run_id, status="RUNNING")
-    run = tracking.Run(c, run_id)
-    status = "FINISHED"
-    try:
-        yield run
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        try:
-            run.flush()
-        finally:
-            c.set_terminated(run_id, status=status)
-
 
 def child_runs(parent_run_id: str, kind: str = KIND_CELL) -> list:
     """The parent's child runs of ``kind`` (all states), oldest first."""
@@ -291,7 +266,7 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     params = {**config.to_dict(), "data": str(ds.root), "n_cells": len(grid), "class_names": splits.class_names,
               "n_train": len(splits.train_y), "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
     if existing:
-        ctx = reopened_run(existing["study_run_id"])
+        ctx = tracking.reopen_run(existing["study_run_id"])
     else:
         ctx = tracking.start_run(KIND_STUDY, params, dataset=ds, tags=tags,
                                  run_name=f"study {ds.name} {len(grid)} cells")
