@@ -43,6 +43,8 @@ class Dataset:
     root: Path
     meta: dict
     manifest: pd.DataFrame = field(repr=False)
+    # rows left out by load_dataset(..., unsafe_paths="skip"): {"image_id", "path", "reason"}
+    unsafe_rows: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
@@ -91,7 +93,19 @@ def imbalance_ratio(counts: dict[str, int]) -> float:
     return max(present) / min(present) if present else float("nan")
 
 
-def load_dataset(root: str | Path) -> Dataset:
+UNSAFE_PATH_ACTION = ("a dataset reads only files inside its own folder: copy the images into it and write "
+                      "their paths relative to it (e.g. images/<file>.png), or rebuild it with `python -m core "
+                      "prepare`")
+
+
+def load_dataset(root: str | Path, unsafe_paths: str = "refuse") -> Dataset:
+    """Read a dataset folder. Every manifest path must stay inside the folder (see
+    :func:`core.data.manifest.unsafe_paths`): with ``unsafe_paths="refuse"`` a dataset with
+    any other row is refused with a DatasetError naming the rows; with ``"skip"`` those rows
+    are left out of the manifest and listed in ``Dataset.unsafe_rows`` (an import reports
+    them and goes on)."""
+    if unsafe_paths not in ("refuse", "skip"):
+        raise ValueError(f"unsafe_paths={unsafe_paths!r}: choose 'refuse' or 'skip'.")
     root = Path(root).expanduser()
     meta_path = root / META_FILE
     if not meta_path.is_file():
@@ -104,7 +118,17 @@ def load_dataset(root: str | Path) -> Dataset:
     if meta.get("format") != FORMAT:
         raise DatasetError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}; rebuild the dataset.")
     manifest = mf.read_manifest(root / MANIFEST_FILE)
-    return Dataset(root=root.resolve(), meta=meta, manifest=manifest)
+    bad = mf.unsafe_paths(manifest, root)
+    rows = [{"image_id": manifest.at[i, "image_id"], "path": manifest.at[i, "path"], "reason": reason}
+            for i, reason in bad.items()]
+    if rows and unsafe_paths == "refuse":
+        shown = "; ".join(f"{r['image_id']} ({r['path'][:120]!r}: {r['reason']})" for r in rows[:3])
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        raise DatasetError(f"{root / MANIFEST_FILE}: {len(rows)} image path(s) lead outside the dataset folder, "
+                           f"so the dataset is refused: {shown}{more}; {UNSAFE_PATH_ACTION}.")
+    if rows:
+        manifest = manifest.drop(index=list(bad)).reset_index(drop=True)
+    return Dataset(root=root.resolve(), meta=meta, manifest=manifest, unsafe_rows=rows)
 
 
 def write_dataset(root: str | Path, manifest: pd.DataFrame, meta: dict) -> Dataset:

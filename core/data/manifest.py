@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import posixpath
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +59,43 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame
             if not (box["xmax"] > box["xmin"] and box["ymax"] > box["ymin"]):
                 raise ManifestError(f"{where}: image {image_id} has a degenerate box {box}; fix or drop it.")
     return df
+
+
+def unsafe_paths(df: pd.DataFrame, root: str | Path) -> dict:
+    """Rows whose ``path`` leads outside the dataset folder ``root``: row index -> reason.
+
+    A path must be relative, must not climb out with ``..``, and must still lie inside
+    ``root`` once links are followed (a folder or file on the way may be a link). Files that
+    do not exist are not judged here (they are reported when read). Legitimate writers
+    (``prepare``, augment, the GAN sampler) only write ``images/<file>`` inside the folder."""
+    base = Path(root).expanduser().resolve()
+    inside_dirs: dict[str, bool] = {}  # parent folder -> inside base, resolved once per folder
+
+    def inside(real: str) -> bool:
+        return real == str(base) or real.startswith(str(base).rstrip(os.sep) + os.sep)
+
+    bad = {}
+    for index, text in zip(df.index, df["path"]):
+        text = str(text)
+        posix = text.replace("\\", "/")
+        if not text.strip():
+            bad[index] = "the path is empty"
+        elif "\x00" in text:
+            bad[index] = "the path holds a NUL character"
+        elif posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+            bad[index] = "the path is absolute (a file elsewhere on the server)"
+        elif posixpath.normpath(posix).split("/")[0] == "..":
+            bad[index] = "the path climbs out of the dataset folder ('..')"
+        else:
+            full = os.path.join(base, text)
+            parent = os.path.dirname(full)
+            if parent not in inside_dirs:
+                inside_dirs[parent] = inside(os.path.realpath(parent))
+            if not inside_dirs[parent]:
+                bad[index] = "a folder on the path is a link that leads outside the dataset folder"
+            elif os.path.islink(full) and not inside(os.path.realpath(full)):
+                bad[index] = "the file is a link that leads outside the dataset folder"
+    return bad
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:

@@ -327,15 +327,23 @@ def scan_source(config: PrepareConfig) -> tuple[list[SourceItem], list[LoadProbl
 
         items, problems = scan_image_folder(root)
         return items, problems, {"kind": "folder", "description": "image folder (<class>/<file>)"}
-    from core.data.datasets import load_dataset
+    from core.data.datasets import UNSAFE_PATH_ACTION, load_dataset
 
-    ds = load_dataset(root)
-    items = [SourceItem(image_id=r.image_id, file=str(ds.root / r.path), labels=tuple(r.labels or [r.label]),
-                        boxes=tuple({**b, "where": "manifest"} for b in r.boxes), study_id=r.study_id,
-                        split=r.split, where="manifest")
-             for r in ds.manifest.itertuples()]
-    return items, [], {"kind": "phantom" if ds.synthetic else ds.meta.get("kind", "dataset"),
-                       "description": ds.meta.get("description", ""), "synthetic": ds.synthetic}
+    # rows whose path leads outside the folder (absolute, '..', links) are reported, never read
+    ds = load_dataset(root, unsafe_paths="skip")
+    problems = [LoadProblem(r["path"], "scan", f"manifest row {r['image_id']}: {r['reason']}", UNSAFE_PATH_ACTION)
+                for r in ds.unsafe_rows]
+    items = []
+    for r in ds.manifest.itertuples():
+        if not (ds.root / r.path).is_file():
+            problems.append(LoadProblem(r.path, "scan", f"manifest row {r.image_id}: the file is missing",
+                                        "restore the file, or rebuild the dataset folder"))
+            continue
+        items.append(SourceItem(image_id=r.image_id, file=str(ds.root / r.path), labels=tuple(r.labels or [r.label]),
+                                boxes=tuple({**b, "where": "manifest"} for b in r.boxes), study_id=r.study_id,
+                                split=r.split, where="manifest"))
+    return items, problems, {"kind": "phantom" if ds.synthetic else ds.meta.get("kind", "dataset"),
+                             "description": ds.meta.get("description", ""), "synthetic": ds.synthetic}
 
 
 def plan_labels(items: list[SourceItem], mode: str) -> tuple[list[tuple[SourceItem, str, list[str]]], list[LoadProblem]]:
