@@ -26,7 +26,7 @@ import pandas as pd
 from core.augment.pipeline import Pipeline
 from core.data import manifest as mf
 from core.data.datasets import Dataset, DatasetError, Progress, load_dataset, write_dataset
-from core.data.io import ImageReadError
+from core.data.io import ImageReadError, check_image_size
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ def read_native(source) -> np.ndarray:
     name = getattr(source, "name", source)
     try:
         with Image.open(source) as im:
+            check_image_size(name, *im.size)  # before decoding: a small upload can claim a huge size
             im.load()
             if im.mode.startswith("I;16"):
                 return np.asarray(im).astype(np.uint16)

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.io import ImageReadError
+from core.data.io import MAX_DECODE_PIXELS, ImageReadError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 WINDOW_MODES = ("voi", "percentile", "none")
 OUT_DTYPES = ("uint8", "uint16", "float32")
-# Larger images are refused before decoding (the same order as Pillow's bomb guard).
-MAX_PIXELS = 180_000_000
+# Larger images are refused before decoding: the limit of every image reader (see core.data.io).
+MAX_PIXELS = MAX_DECODE_PIXELS
 # Header elements shown masked: identity, contact, institution and free-text fields.
 PHI_KEYWORDS = frozenset({
     "PatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientAddress",
