@@ -1,5 +1,6 @@
 """Dataset page: import data (server folder or upload -> prepare), the active dataset's class
 balance and card, its load report, a sample grid per class with lesion boxes, image details."""
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def import_section() -> None:
         dataset_name,
         detect_source,
         resolve_server_folder,
-        save_uploads,
+        staged_upload,
     )
 
     with st.expander("Import data: VinDr-SpineXR folder, image folder or upload",
@@ -82,17 +83,12 @@ def import_section() -> None:
         st.session_state["import_open"] = True
         try:
             name = dataset_name(name or "")
-            if where == "Upload":
-                from core.workspace import workspace_dir
-
-                upload_dir = workspace_dir("uploads") / f"{name}-{pd.Timestamp.now():%Y%m%d-%H%M%S}"
-                root = save_uploads([(f.name, f.getvalue()) for f in files or []], upload_dir, class_name)
-            else:
-                root = resolve_server_folder(folder)
-        except (FolderAccessError, ZipRefused, ValueError) as e:
+            source = (staged_upload([(f.name, f.getvalue()) for f in files or []], name, class_name)
+                      if where == "Upload" else nullcontext(resolve_server_folder(folder)))
+            with source as root:  # an upload is deleted when the import finishes or fails
+                run_prepare(detect_source(root), root, name, size, label_mode, window)
+        except (FolderAccessError, ZipRefused, ValueError, OSError) as e:  # OSError: disk full, permissions
             st.error(str(e), icon=":material/block:")
-            return
-        run_prepare(detect_source(root), root, name, size, label_mode, window)
 
 
 import_section()

@@ -7,18 +7,25 @@
   listed in ``MEDAUG_DATA_ROOTS`` (separated by ``os.pathsep``). Anything else is refused,
   so a browser user cannot make the server read arbitrary files.
 * A zip is checked before anything is written: absolute paths, ``..`` entries, symbolic
-  links, encrypted entries, too many entries, and a total uncompressed size over the limit
-  each refuse the whole zip with the reason. The bytes written are counted again while
-  extracting, so a zip that lies about its sizes is stopped too.
+  links, encrypted entries, too many entries, a total uncompressed size over the limit, a
+  member that inflates more than ``MAX_ZIP_RATIO`` times (a zip bomb), and a total that
+  would not leave ``DISK_MARGIN_BYTES`` free on the disk each refuse the whole zip with the
+  reason. The bytes written are counted again while extracting, so a zip that lies about
+  its sizes is stopped too.
+* Uploads are staged under ``workspace/uploads/`` for one import only:
+  :func:`staged_upload` deletes them when the import finishes or fails.
 """
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import stat
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from core.data.dicom import looks_like_dicom
@@ -28,6 +35,13 @@ from core.data.prepare import LoadProblem, SourceItem
 ENV_DATA_ROOTS = "MEDAUG_DATA_ROOTS"
 MAX_ZIP_BYTES = 4 * 1024**3       # total uncompressed size a zip may inflate to
 MAX_ZIP_ENTRIES = 200_000
+# One member may inflate at most this many times: PNG, JPEG, JPEG 2000 DICOM barely compress
+# (~1:1), CSVs and raw 16-bit DICOM with dark borders reach ~10-30:1; zeros reach ~1000:1.
+MAX_ZIP_RATIO = 100
+RATIO_FLOOR_BYTES = 1 << 20       # members that inflate to less than this are not judged by ratio
+DISK_MARGIN_BYTES = 1 << 30       # free disk left after extracting an upload
+UPLOADS_DIR = "uploads"           # workspace folder where uploads wait for their import
+STALE_UPLOAD_SECONDS = 24 * 3600  # staged uploads older than this (a server killed mid-import) are removed
 _IGNORED = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$|desktop\.ini$)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -55,9 +69,12 @@ def allowed_data_roots() -> list[Path]:
     return roots
 
 
-def resolve_server_folder(path: str | Path) -> Path:
+def resolve_server_folder(path: str | Path,
+                          how_to_allow: str = f"have the server started with {ENV_DATA_ROOTS} naming its parent "
+                                              "folder") -> Path:
     """The folder, resolved (links followed), if it lies inside an allowed data root;
-    otherwise FolderAccessError with a message that says how to allow it."""
+    otherwise FolderAccessError with a message that says how to allow it (``how_to_allow``:
+    the page's way by default; the CLI names its own)."""
     text = str(path).strip()
     if not text:
         raise FolderAccessError("No folder given; enter a folder inside the data roots.")
@@ -66,7 +83,7 @@ def resolve_server_folder(path: str | Path) -> Path:
     if not any(folder == r or r in folder.parents for r in roots):
         raise FolderAccessError(
             f"{folder}: outside the allowed data roots ({', '.join(str(r) for r in roots)}); copy the data under "
-            f"one of them, or have the server started with {ENV_DATA_ROOTS} naming its parent folder.")
+            f"one of them, or {how_to_allow}.")
     if not folder.is_dir():
         raise FolderAccessError(f"{folder}: no such folder inside the data roots; check the path.")
     return folder
@@ -188,6 +205,12 @@ def check_zip(zf: zipfile.ZipFile, max_bytes: int = MAX_ZIP_BYTES, max_entries: 
         if total > max_bytes:
             raise ZipRefused(f"the zip inflates to more than {max_bytes / 1e6:,.0f} MB (uncompressed size limit) "
                              f"at entry '{name}'; upload a smaller zip or point to a server folder.")
+        if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+            raise ZipRefused(
+                f"entry '{name}' inflates {info.file_size / max(info.compress_size, 1):,.0f}:1 "
+                f"({info.compress_size / 1e3:,.0f} kB to {info.file_size / 1e6:,.0f} MB), over the limit of "
+                f"{MAX_ZIP_RATIO}:1 for one file (a zip bomb, or a file that is almost empty); remove it from the "
+                "zip, or if it is genuine add it uncompressed (zip -0) or copy the data to a server folder.")
         if not _IGNORED.search(name):
             keep.append(info)
     return keep
@@ -208,6 +231,7 @@ def extract_zip(source, dest: str | Path, max_bytes: int = MAX_ZIP_BYTES,
     staging = dest.with_name(f".{dest.name}.extracting-{os.getpid()}")
     with zf:
         members = check_zip(zf, max_bytes, max_entries)
+        check_free_space(dest, sum(info.file_size for info in members), "the zip", ZipRefused)
         shutil.rmtree(staging, ignore_errors=True)
         written = 0
         try:
@@ -233,6 +257,19 @@ def extract_zip(source, dest: str | Path, max_bytes: int = MAX_ZIP_BYTES,
     staging.mkdir(parents=True, exist_ok=True)
     staging.rename(dest)
     return data_root_of(dest)
+
+
+def check_free_space(dest: Path, needed: int, what: str, error: type[Exception] = ValueError) -> None:
+    """Refuse (with ``error``) to write ``needed`` bytes under ``dest`` unless the disk keeps
+    ``DISK_MARGIN_BYTES`` free afterwards."""
+    probe = Path(dest).parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free - DISK_MARGIN_BYTES:
+        raise error(f"{what} needs {needed / 1e6:,.0f} MB, but the server's disk has {free / 1e6:,.0f} MB free "
+                    f"and keeps {DISK_MARGIN_BYTES / 2**30:.0f} GB spare; upload less at a time, or ask the "
+                    "server's admin to free disk space.")
 
 
 def save_uploads(files: Iterable[tuple[str, bytes]], dest: str | Path, class_name: str = "",
@@ -261,15 +298,56 @@ def save_uploads(files: Iterable[tuple[str, bytes]], dest: str | Path, class_nam
         raise ValueError(f"The upload is larger than {max_bytes / 1e6:,.0f} MB; use a server folder instead.")
     if dest.exists():
         raise ValueError(f"{dest}: already exists; upload into a new folder.")
+    check_free_space(dest, sum(len(data) for _, data in files), "the upload")
     staging = dest.with_name(f".{dest.name}.uploading-{os.getpid()}")
-    (staging / label).mkdir(parents=True)
-    used: set[str] = set()
-    for name, data in files:
-        base = PurePosixPath(name.replace("\\", "/")).name
-        if not base or base.startswith("."):
-            continue
-        stem, suffix = os.path.splitext(base)
-        safe = _unique_id(stem, used) + suffix.lower()
-        (staging / label / safe).write_bytes(data)
-    staging.rename(dest)
+    try:
+        (staging / label).mkdir(parents=True)
+        used: set[str] = set()
+        for name, data in files:
+            base = PurePosixPath(name.replace("\\", "/")).name
+            if not base or base.startswith("."):
+                continue
+            stem, suffix = os.path.splitext(base)
+            safe = _unique_id(stem, used) + suffix.lower()
+            (staging / label / safe).write_bytes(data)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest
+
+
+@contextmanager
+def staged_upload(files: Iterable[tuple[str, bytes]], name: str, class_name: str = "",
+                  max_bytes: int = MAX_ZIP_BYTES) -> Iterator[Path]:
+    """Store uploads for one import (:func:`save_uploads` into a new folder under
+    ``workspace/uploads/``) and yield the folder holding the data. The folder is deleted when
+    the block ends, whether the import finished or failed; uploads that a killed server left
+    behind for over ``STALE_UPLOAD_SECONDS`` are deleted on the way in.
+
+        with staged_upload(files, "my-xrays") as root:
+            prepare(PrepareConfig(source=detect_source(root), root=str(root), ...))
+    """
+    from core.workspace import workspace_dir
+
+    base = workspace_dir(UPLOADS_DIR)
+    remove_stale_uploads(base)
+    dest = base / f"{dataset_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    try:
+        yield save_uploads(files, dest, class_name, max_bytes=max_bytes)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def remove_stale_uploads(base: Path, max_age: float = STALE_UPLOAD_SECONDS) -> list[Path]:
+    """Delete entries of the uploads folder ``base`` not modified for ``max_age`` seconds."""
+    removed = []
+    now = time.time()
+    for entry in Path(base).iterdir():
+        try:
+            if now - entry.lstat().st_mtime > max_age:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                removed.append(entry)
+        except OSError:  # removed meanwhile by another import, or not ours to remove
+            continue
+    return removed
