@@ -428,7 +428,7 @@ def test_killed_run_resumes_without_redoing_or_half_written_entries(vindr_export
     out = tmp_path / "killed"
     journal = out / STATE_DIR / JOURNAL_FILE
     cmd = [sys.executable, "-m", "core", "prepare", "--source", "vindr", "--root", str(folder), "--out", str(out),
-           "--size", "512", "--workers", "1"]
+           "--size", "512", "--workers", "1", "--allow-any-root"]  # a test's tmp folder: outside the data roots
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -468,12 +468,12 @@ def test_cli_phantom_vindr_then_prepare(tmp_path):
                    "--seed", "3", "--workers", "1")
     assert exported["ok"] and exported["images"] == 12 and exported["size"]["height"] == 160
     summary = cli("prepare", "--source", "vindr", "--root", str(tmp_path / "v"), "--size", "32", "--out",
-                  str(tmp_path / "ds"), "--label-mode", "multi", "--workers", "1")
+                  str(tmp_path / "ds"), "--label-mode", "multi", "--workers", "1", "--allow-any-root")
     assert summary["ok"] and summary["images"] == 12 and summary["skipped"] == 0
     assert sum(summary["classes"].values()) == 12
     assert Path(summary["manifest"]).is_file() and Path(summary["load_report"]).is_file()
     failed = cli("prepare", "--source", "vindr", "--root", str(tmp_path / "nothing"), "--size", "32", "--out",
-                 str(tmp_path / "ds2"))
+                 str(tmp_path / "ds2"), "--allow-any-root")
     assert failed["ok"] is False and "does not exist" in failed["error"]
 
 

@@ -3,13 +3,31 @@ the VinDr-SpineXR export of the phantom (``phantom --format vindr``)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from core.cli import log, progress_printer
+
+
+def check_prepare_root(root: str, allow_any_root: bool = False) -> None:
+    """The page's rule at the CLI: ``--root`` must lie inside the data roots (the workspace and
+    ``MEDAUG_DATA_ROOTS``), unless a trusted shell user passes ``--allow-any-root``, which is
+    logged. The library function ``prepare()`` stays unrestricted: trusted Python calls it."""
+    from core.data.folders import ENV_DATA_ROOTS, FolderAccessError, allowed_data_roots, resolve_server_folder
+
+    try:
+        resolve_server_folder(root, how_to_allow=f"set {ENV_DATA_ROOTS} to its parent folder, or pass "
+                                                 "--allow-any-root if you trust this folder")
+    except FolderAccessError:
+        if not allow_any_root:
+            raise
+        log(f"--allow-any-root: the data roots check is overridden for --root {Path(root).expanduser().resolve()} "
+            f"(data roots: {', '.join(str(r) for r in allowed_data_roots())})")
 
 
 def cmd_prepare(args) -> dict:
     from core.data.prepare import PrepareConfig, prepare
 
+    check_prepare_root(args.root, args.allow_any_root)
     config = PrepareConfig(source=args.source, root=args.root, out=args.out, size=args.size,
                            label_mode=args.label_mode, patch_margin=args.patch_margin, min_patch=args.min_patch,
                            window=args.window, seed=args.seed, workers=args.workers)
@@ -52,7 +70,10 @@ def register(sub) -> None:
     s.add_argument("--source", required=True, choices=["phantom", "vindr", "folder"],
                    help="phantom: a dataset folder from `phantom`; vindr: annotations/ + {train,test}_images/; "
                         "folder: <class>/<file> images")
-    s.add_argument("--root", required=True, help="the source folder")
+    s.add_argument("--root", required=True, help="the source folder; it must lie inside the data roots (the "
+                                                 "workspace and the folders in MEDAUG_DATA_ROOTS), as on the page")
+    s.add_argument("--allow-any-root", action="store_true",
+                   help="read a --root outside the data roots (a trusted shell user's override; it is logged)")
     s.add_argument("--out", required=True, help="dataset folder to write (an interrupted run there resumes)")
     s.add_argument("--size", type=int, default=256, help="stored square side in pixels (default 256)")
     s.add_argument("--label-mode", default="single", choices=["single", "multi", "patch"],
