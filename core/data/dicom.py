@@ -265,6 +265,7 @@ def read_dicom(path: str | Path, options: DicomReadOptions | None = None) -> Dic
                                  f"{MAX_PIXELS:,} px); downscale it first.")
         tsyntax = ds.file_meta.get("TransferSyntaxUID")
         ts_name = tsyntax.name if tsyntax is not None else "unknown"
+        _check_native_length(ds, path, tsyntax)
         try:
             arr = pixel_array(ds, decoding_plugin=_plugin_for(ds, options.decoding_plugin),
                               index=0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None)
@@ -297,6 +298,39 @@ def read_dicom(path: str | Path, options: DicomReadOptions | None = None) -> Dic
         return DicomImage(pixels=pixels, bits_stored=bits,
                           photometric=str(ds.get("PhotometricInterpretation", "")), transfer_syntax=ts_name,
                           window=desc, synthetic=bool(_SYNTHETIC_WORDS.search(derivation)), notes=notes)
+
+
+def _check_native_length(ds, path: Path, tsyntax) -> None:
+    """Refuse native (uncompressed) pixel data whose length does not match the header.
+
+    pydicom reads whatever bytes are there: 16-bit data under BitsAllocated 8 would come
+    back as extra frames or a "colour" image of the wrong shape. Compressed syntaxes hold
+    encapsulated fragments, so only native data is checked. A few trailing bytes (less than
+    one row: the padding to an even length, or a writer's slack) are tolerated."""
+    if "PixelData" not in ds or (tsyntax is not None and tsyntax.is_compressed):
+        return
+    try:
+        rows, cols, allocated = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return  # a missing attribute is reported by the decoder
+    pixels = rows * cols * frames
+    expected = (pixels * samples * allocated + 7) // 8
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422" and samples == 3:
+        expected = expected * 2 // 3  # two chroma samples shared by each pair of pixels
+    actual = len(ds.PixelData)
+    if expected <= actual < expected + max(2, (cols * samples * allocated + 7) // 8):
+        return
+    sums = (f"Rows x Columns x Frames x Samples x BitsAllocated/8 = {rows} x {cols} x {frames} x {samples} x "
+            f"{allocated}/8 = {expected:,}")
+    bits = actual * 8 // (pixels * samples) if pixels and actual * 8 % (pixels * samples) == 0 else 0
+    hint = f" ({bits} bits per sample, not {allocated})" if bits in (1, 8, 16, 32, 64) else ""
+    if actual < expected:
+        raise ImageReadError(f"{path}: the pixel data is shorter than the header says: it holds {actual:,} bytes but "
+                             f"{sums}{hint}; the file is truncated or its header is wrong, copy or export it again.")
+    raise ImageReadError(f"{path}: the header does not match the pixels: the pixel data holds {actual:,} bytes but "
+                         f"{sums}{hint}; export the file again.")
 
 
 def _mono_pixels(arr: np.ndarray, ds, options: DicomReadOptions) -> tuple[np.ndarray, str]:
