@@ -11,6 +11,7 @@ Location: ``<workspace>/cache/<content hash[:16]>/pixels_<size>.npy`` (+ ``.ok.n
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -87,10 +88,35 @@ def pixel_cache(ds: Dataset, size: int = 256,
 
 
 def _build(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Path, on_progress) -> None:
-    n = len(ds.manifest)
     tag = f".tmp-{os.getpid()}"
-    tmp = path.with_name(path.name + tag)
+    tmps = [path.with_name(path.name + tag), Path(str(ok_path) + tag), Path(str(err_path) + tag)]
+    try:
+        _build_files(ds, size, path, ok_path, err_path, on_progress, tmps)
+    except BaseException:  # a full disk, Ctrl+C: leave no temp files behind
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _reserve(f, nbytes: int) -> None:
+    """Allocate the file's blocks now: on a full disk this raises ENOSPC here, where a
+    write through the memory map of a sparse file would kill the process with SIGBUS."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, nbytes)
+    except AttributeError:  # not on this OS
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # the file system cannot; go on sparse
+            raise
+
+
+def _build_files(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Path, on_progress,
+                 tmps: list[Path]) -> None:
+    n = len(ds.manifest)
+    tmp, ok_tmp, err_tmp = tmps
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    with open(tmp, "r+b") as f:
+        _reserve(f, os.path.getsize(tmp))
     ok = np.zeros(n, dtype=bool)
     errors: dict[str, str] = {}
     report = on_progress or (lambda done, total, msg: None)
@@ -105,7 +131,6 @@ def _build(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Path, on
             report(i + 1, n, f"Caching {ds.name} at {size} px")
     arr.flush()
     del arr
-    ok_tmp, err_tmp = Path(str(ok_path) + tag), Path(str(err_path) + tag)
     with open(ok_tmp, "wb") as f:
         np.save(f, ok)
     err_tmp.write_text(json.dumps(errors, indent=1))
