@@ -7,22 +7,33 @@ MedAug dataset folder plus its pixel cache, tolerating bad files.
                   --> dataset folder: images/*.png, manifest.parquet, dataset.json (with the
                       dataset card), load_report.csv, sources.csv; then the pixel cache.
 
+Staged: the folder is built as ``.<name>.partial`` beside ``--out`` and renamed to ``--out``
+only when complete (pixel cache included), so a killed or failed run never looks like a
+dataset. Re-preparing a finished folder moves it back to the staging name first.
+
 Resumable: every finished source file is appended to ``.prepare/done.jsonl`` after its
 PNG is in place (PNGs are written to a temp name and renamed), so a killed run leaves no
 half-written entry and a second run skips what is done. The run's settings are kept in
 ``.prepare/config.json``; a folder prepared with other settings is refused.
 
 One bad file never stops the run: it becomes a row of the load report
-(file, stage, reason, action, outcome).
+(file, stage, reason, action, outcome). Running out of room is not a bad file: a full
+disk or quota, the file size limit, a read-only file system or a disk I/O error stops the
+run at once with :class:`OutOfSpaceError` (temp files removed, finished files kept for
+the rerun). Worker processes die with the run, kill -9 included.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +50,7 @@ CONFIG_FILE = "config.json"
 REPORT_FILE = "load_report.csv"
 SOURCES_FILE = "sources.csv"
 IMAGES_DIR = "images"
+PARTIAL_SUFFIX = ".partial"  # the staging folder beside --out is .<name>.partial
 # the settings that decide the stored pixels: a folder prepared with other values is refused
 _PIXEL_SETTINGS = ("source", "root", "size", "label_mode", "patch_margin", "min_patch", "window")
 
@@ -122,6 +134,32 @@ class PrepareResult:
     @property
     def card(self) -> dict:
         return self.dataset.meta.get("card", {})
+
+
+# errno -> (what happened, what to do) for errors that mean the output cannot be written: the
+# run stops at once. Read errors of source files never get here (the readers turn them into
+# ImageReadError), so an EIO here comes from the disk being written.
+_STORAGE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "Free space there"),
+    errno.EFBIG: ("a file reached the file size limit", "Raise the file size limit (ulimit -f) or use a file "
+                  "system that allows larger files"),
+    errno.EROFS: ("the file system is read-only", "Make it writable"),
+    errno.EIO: ("the disk reported an input/output error", "Check the disk"),
+}
+if hasattr(errno, "EDQUOT"):
+    _STORAGE_ERRORS[errno.EDQUOT] = ("the disk quota is used up", "Free space there or raise the quota")
+
+
+class OutOfSpaceError(OSError):
+    """The output could not be written (disk or quota full, file size limit, read-only file
+    system, I/O error), so ``prepare`` stopped at once. The message names the folder, its free
+    space, the space still needed and what to do; the original OSError is its ``__cause__``
+    (its own ``errno`` stays None, so the message is shown as it is)."""
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """True for an OSError that says the output cannot be written (not that an image is bad)."""
+    return isinstance(error, OSError) and error.errno in _STORAGE_ERRORS
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -224,8 +262,14 @@ def _save_png(pixels: np.ndarray, path: Path) -> str:
     from core.data.manifest import file_sha256
 
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write() does not say which file it was
+        raise
     return file_sha256(path)
 
 
@@ -295,6 +339,29 @@ def prepare_item(task: dict, images_dir: str, settings: dict) -> dict:
     return out
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the prepare process ends, kill -9 included
+    (an orphaned pool worker would otherwise wait for work forever)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL)) == 0:  # PR_SET_PDEATHSIG: the kernel kills us with the parent
+                if os.getppid() != parent_pid:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    import threading
+
+    def watch() -> None:  # elsewhere: poll the parent
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _prepare_chunk(tasks: list[dict], images_dir: str, settings: dict) -> list[dict]:
     results = []
     for task in tasks:
@@ -302,6 +369,8 @@ def _prepare_chunk(tasks: list[dict], images_dir: str, settings: dict) -> list[d
             results.append(prepare_item(task, images_dir, settings))
         except Exception as e:  # noqa: BLE001 - a file that breaks a decoder in an unforeseen way is
             # reported like any other bad file (with the error's type), and the load goes on
+            if is_storage_error(e):
+                raise  # the output cannot be written: not a bad image, the run stops
             problem = LoadProblem(task["rel"], "decode", f"unexpected {type(e).__name__}: {e}",
                                   "check the file opens in a DICOM/image viewer; if it does, report it as a bug")
             results.append({"key": task["item"]["image_id"], "sig": task["sig"], "records": [],
@@ -399,33 +468,127 @@ def _settings_of(config: PrepareConfig) -> dict:
     return {k: d[k] for k in _PIXEL_SETTINGS}
 
 
-def _open_output(config: PrepareConfig, out: Path, force: bool) -> dict:
-    """Create or re-open the output folder; return the journal of an earlier run with the same settings."""
-    import shutil
+def staging_dir(out: str | Path) -> Path:
+    """Where ``prepare`` builds a dataset before renaming it to ``out``: ``.<name>.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(f".{out.name}{PARTIAL_SUFFIX}")
 
-    state = out / STATE_DIR
+
+def _check_settings(folder: Path, settings: dict, unfinished: bool) -> None:
+    """Refuse a folder that ``prepare`` did not make, or made with other settings."""
+    old = folder / STATE_DIR / CONFIG_FILE
+    if not old.is_file():
+        raise ValueError(f"{folder}: already exists and was not made by `prepare`; choose another --out "
+                         "or pass --force to replace it.")
+    previous = json.loads(old.read_text())
+    changed = [f"{k} {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v]
+    if changed and unfinished:
+        raise ValueError(f"{folder}: holds an unfinished run with other settings ({'; '.join(changed)}); run it "
+                         "again with its settings to finish it, or pass --force to start over.")
+    if changed:
+        raise ValueError(f"{folder}: holds a dataset prepared with other settings ({'; '.join(changed)}); "
+                         "choose another --out or pass --force to replace it.")
+
+
+def _open_output(config: PrepareConfig, out: Path, work: Path, force: bool) -> dict:
+    """Make the staging folder ``work`` ready; return the journal of an earlier run with the same
+    settings. An unfinished run resumes from ``work``; a finished ``out`` with the same settings is
+    moved to ``work`` and resumes the same way (it is renamed back when the run completes)."""
     settings = _settings_of(config)
-    if out.exists() and any(out.iterdir()):
-        old = state / CONFIG_FILE
-        if force:
+    if force:
+        shutil.rmtree(work, ignore_errors=True)
+        if out.exists() and any(out.iterdir()):
             shutil.rmtree(out)
-        elif not old.is_file():
-            raise ValueError(f"{out}: already exists and was not made by `prepare`; choose another --out "
-                             "or pass --force to replace it.")
-        else:
-            previous = json.loads(old.read_text())
-            changed = [f"{k} {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v]
-            if changed:
-                raise ValueError(f"{out}: holds a dataset prepared with other settings ({'; '.join(changed)}); "
-                                 "choose another --out or pass --force to replace it.")
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    state.mkdir(exist_ok=True)
-    for tmp in (out / IMAGES_DIR).glob("*.tmp-*"):  # left by a killed worker
-        tmp.unlink(missing_ok=True)
-    tmp = state / (CONFIG_FILE + ".tmp")
+    if work.exists() and not (work / STATE_DIR / CONFIG_FILE).is_file():
+        shutil.rmtree(work)  # killed before it wrote its settings: nothing to resume
+    if work.exists():
+        _check_settings(work, settings, unfinished=True)
+    if out.exists() and any(out.iterdir()):
+        _check_settings(out, settings, unfinished=False)
+        if not work.exists():
+            out.rename(work)  # rework the finished dataset out of sight; it is published again at the end
+    (work / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (work / STATE_DIR).mkdir(exist_ok=True)
+    _remove_temp_files(work)  # left by a killed run
+    tmp = work / STATE_DIR / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(settings, indent=1))
-    tmp.replace(state / CONFIG_FILE)
-    return _read_journal(state / JOURNAL_FILE)
+    tmp.replace(work / STATE_DIR / CONFIG_FILE)
+    journal = work / STATE_DIR / JOURNAL_FILE
+    _end_at_a_full_line(journal)
+    return _read_journal(journal)
+
+
+def _end_at_a_full_line(path: Path) -> None:
+    """Cut a journal line left unfinished by a kill or a full disk, so the next entry starts a line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
+def _remove_temp_files(work: Path) -> None:
+    """Delete the temp files of a failed or killed run (every file is written to a temp name first)."""
+    for pattern in (f"{IMAGES_DIR}/*.tmp-*", "*.tmp*", f"{STATE_DIR}/*.tmp*"):
+        for tmp in work.glob(pattern):
+            tmp.unlink(missing_ok=True)
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Rename the finished staging folder to ``out``, replacing what is there."""
+    from core.data.datasets import META_FILE
+
+    (work / STATE_DIR / META_FILE).replace(work / META_FILE)
+    old = None
+    if out.exists():
+        if any(out.iterdir()):
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        else:
+            out.rmdir()
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _out_of_space_message(error: OSError, out: Path, work: Path, writing: Path, cache_folder: Path | None,
+                          finished: int, left: int, size: int) -> str:
+    """Name the folder that is full, its free space, the space still needed and what to do."""
+    cause, action = _STORAGE_ERRORS[error.errno]
+    pngs = [p.stat().st_size for p in (work / IMAGES_DIR).glob("*.png")] if work.is_dir() else []
+    per_image = sum(pngs) / len(pngs) if pngs else size * size  # PNG bytes per image, or the raw size
+    per_file = len(pngs) / finished if finished and pngs else 1.0  # images per source file (patch mode: more)
+    cache_bytes = (len(pngs) + left * per_file) * size * size
+    images_bytes = left * per_file * (per_image + 1000)  # + ~1 KB of journal and manifest per image
+    in_cache = cache_folder is not None
+    where = cache_folder if in_cache else out
+    try:
+        free = _human_bytes(shutil.disk_usage(next(p for p in (writing, where, work, out.parent) if p.exists())).free)
+    except (OSError, StopIteration):
+        free = "unknown space"
+    if in_cache:
+        need = f"about {_human_bytes(cache_bytes)} is needed for the pixel cache"
+        rerun = (f"{action}, or set MEDAUG_HOME to a workspace on a disk with room; then run prepare again with "
+                 f"the same settings: the {finished} prepared file(s) in {work} are reused")
+    else:
+        need = (f"about {_human_bytes(images_bytes + cache_bytes)} more is needed ({left} file(s) left to "
+                f"prepare, then a {_human_bytes(cache_bytes)} pixel cache in the workspace)")
+        rerun = (f"{action}, then run prepare again with the same settings: it resumes from the {finished} "
+                 f"finished file(s) kept in {work}; or choose another --out")
+    what = "pixel cache" if in_cache else "dataset"
+    return (f"{where}: cannot write the {what}: {cause}; writing {writing} failed with '{error.strerror or error}'. "
+            f"{free} free there; {need}. {rerun}.")
 
 
 def usable_cores() -> int:
@@ -446,34 +609,65 @@ def _rate_message(done: int, total: int, t0: float, reused: int) -> str:
 
 
 def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: bool = False) -> PrepareResult:
-    """Run the whole pipeline (see the module docstring) and return the written dataset."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    """Run the whole pipeline (see the module docstring) and return the written dataset.
 
+    Raises ValueError for settings or sources it cannot use, and :class:`OutOfSpaceError` (an
+    OSError) as soon as the output cannot be written; the same call then resumes."""
     t0 = time.perf_counter()
-    report = on_progress or (lambda done, total, msg: None)
     out = Path(config.out).expanduser().resolve()
     root = Path(config.root).expanduser().resolve()
     if out == root or root in out.parents:
         raise ValueError(f"{out}: --out must not be --root or inside it (the source is never modified, and a "
                          "folder source would pick the output up as a class); choose a folder elsewhere.")
+    if os.path.ismount(out):
+        raise ValueError(f"{out}: --out is a mount point, and the dataset is built beside --out and renamed into "
+                         f"place; choose a folder inside it, e.g. {out / 'dataset'}.")
     items, problems, source_facts = scan_source(config)
     planned, label_problems = plan_labels(items, config.label_mode)
     problems += label_problems
-    done = _open_output(config, out, force)
+    work = staging_dir(out)
+    state = {"writing": work, "cache": None, "finished": None, "left": None}  # counts: set once the journal is read
+    try:
+        return _run(config, on_progress, force, t0, out, root, work, planned, problems, source_facts, state)
+    except BaseException as e:
+        if work.is_dir() and (state["finished"] is not None or is_storage_error(e)):  # our run's temp files
+            _remove_temp_files(work)
+        if is_storage_error(e):
+            writing = Path(e.filename) if isinstance(e.filename, str) else state["writing"]
+            if state["finished"] is None:  # failed while opening the folder
+                state["finished"] = len(_read_journal(work / STATE_DIR / JOURNAL_FILE))
+                state["left"] = max(0, len(planned) - state["finished"])
+            raise OutOfSpaceError(_out_of_space_message(e, out, work, writing, state["cache"], state["finished"],
+                                                        state["left"], config.size)) from e
+        raise
+
+
+def _run(config: PrepareConfig, on_progress: Progress | None, force: bool, t0: float, out: Path, root: Path,
+         work: Path, planned: list, problems: list[LoadProblem], source_facts: dict, state: dict) -> PrepareResult:
+    """:func:`prepare` after the scan, in the staging folder ``work``; ``state`` tells the caller
+    what was being written and how far the run got, for the message if the disk fills up."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from core.data.cache import cache_dir, pixel_cache
+    from core.data.datasets import META_FILE
+
+    report = on_progress or (lambda done, total, msg: None)
+    done = _open_output(config, out, work, force)
 
     settings = {**_settings_of(config), "source": config.source}
     tasks, results = [], {}
     for it, label, labels in planned:
         sig = _signature(it.file)
         entry = done.get(it.image_id)
-        if entry and entry.get("sig") == sig and all((out / r["path"]).is_file() for r in entry["records"]):
+        if entry and entry.get("sig") == sig and all((work / r["path"]).is_file() for r in entry["records"]):
             results[it.image_id] = entry
             continue
         rel = _relative(it.file, root)
         tasks.append({"item": asdict(it), "label": label, "labels": labels, "sig": sig, "rel": rel})
     reused = len(results)
     total = len(planned)
+    state.update(finished=reused, left=len(tasks))
     report(reused, total, f"Preparing {total} file(s) at {config.size} px ({reused} already done)")
 
     t_work = time.perf_counter()
@@ -481,42 +675,60 @@ def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: b
     def finish(result: dict) -> None:
         results[result["key"]] = result
         if result["records"]:  # only finished files are journaled; failures are retried next time
+            state["writing"] = journal_path
             journal.write(json.dumps(result) + "\n")
             journal.flush()
+            state["writing"] = work / IMAGES_DIR  # workers write the PNGs (their errors name the file)
+            state["finished"] += 1
+        state["left"] -= 1
         report(len(results), total, _rate_message(len(results), total, t_work, reused))
 
-    images_dir = str(out / IMAGES_DIR)
+    images_dir = str(work / IMAGES_DIR)
     workers = config.workers or usable_cores()
     workers = max(1, min(workers, len(tasks)))
-    with open(out / STATE_DIR / JOURNAL_FILE, "a") as journal:
+    journal_path = state["writing"] = work / STATE_DIR / JOURNAL_FILE
+    with open(journal_path, "a") as journal:
+        state["writing"] = work / IMAGES_DIR
         if workers == 1:
             for task in tasks:
                 finish(_prepare_chunk([task], images_dir, settings)[0])
         else:
-            # spawn: safe under the threaded Streamlit server; small chunks keep the progress smooth
+            # spawn: safe under the threaded Streamlit server; small chunks keep the progress smooth.
+            # Workers die with this process (kill -9 included): see _die_with_parent.
             chunk = max(1, min(4, len(tasks) // (workers * 16)))
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_prepare_chunk, tasks[i:i + chunk], images_dir, settings)
                            for i in range(0, len(tasks), chunk)]
-                for f in as_completed(futures):
-                    for result in f.result():
-                        finish(result)
+                try:
+                    for f in as_completed(futures):
+                        for result in f.result():
+                            finish(result)
+                except BaseException:
+                    # stop at once: chunks not started are dropped, running ones end (a few files each)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
 
     ordered = [results[it.image_id] for it, _, _ in planned if it.image_id in results]
     for r in ordered:
         problems += [LoadProblem(**p) for p in r["problems"]]
     records = [rec for r in ordered for rec in r["records"]]
+    state["writing"] = work
     if not records:
-        write_report(problems, out / REPORT_FILE)
-        raise ValueError(f"{root}: no usable images ({len(problems)} problem(s)); see {out / REPORT_FILE}.")
-    ds = _write(out, records, config, source_facts, problems)
-    _remove_orphans(out, ds)
+        write_report(problems, work / REPORT_FILE)
+        raise ValueError(f"{root}: no usable images ({len(problems)} problem(s)); see {work / REPORT_FILE}.")
+    ds = _write(work, records, config, source_facts, problems, name=out.name)
+    _remove_orphans(work, ds)
+    # dataset.json marks a folder as a dataset (pages list */dataset.json): keep it out of sight until _publish
+    (work / META_FILE).replace(work / STATE_DIR / META_FILE)
     report(total, total, f"Caching {len(records)} images at {config.size} px")
-    from core.data.cache import pixel_cache
-
+    state["writing"] = state["cache"] = cache_dir(ds)
     cache = pixel_cache(ds, config.size)
-    return PrepareResult(dataset=ds, problems=problems, report_path=out / REPORT_FILE, prepared=len(tasks),
-                         reused=reused, seconds=round(time.perf_counter() - t0, 2), cache_path=cache.path)
+    state["writing"], state["cache"] = out, None
+    _publish(work, out)
+    return PrepareResult(dataset=replace(ds, root=out), problems=problems, report_path=out / REPORT_FILE,
+                         prepared=len(tasks), reused=reused, seconds=round(time.perf_counter() - t0, 2),
+                         cache_path=cache.path)
 
 
 def _relative(file: str, root: Path) -> str:
@@ -575,7 +787,8 @@ def dataset_card(records: list[dict], manifest, problems: list[LoadProblem], cla
     }
 
 
-def _write(out: Path, records: list[dict], config: PrepareConfig, facts: dict, problems: list[LoadProblem]):
+def _write(out: Path, records: list[dict], config: PrepareConfig, facts: dict, problems: list[LoadProblem],
+           name: str):
     import pandas as pd
 
     from core.data.datasets import write_dataset
@@ -588,7 +801,7 @@ def _write(out: Path, records: list[dict], config: PrepareConfig, facts: dict, p
     classes = normal + [c for c in counts.index if c not in normal]  # normals first, then by count
     synthetic = bool(facts.get("synthetic")) or bool(df["synthetic"].any())
     meta = {
-        "name": out.name, "kind": facts["kind"], "synthetic": synthetic, "label_mode": config.label_mode,
+        "name": name, "kind": facts["kind"], "synthetic": synthetic, "label_mode": config.label_mode,
         "classes": classes,
         "description": (f"Prepared from a {facts['description']} at {config.root} "
                         f"({config.label_mode}-label{' patches' if config.label_mode == 'patch' else ''}, "
