@@ -562,14 +562,14 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _out_of_space_message(error: OSError, out: Path, work: Path, writing: Path, cache_folder: Path | None,
-                          finished: int, left: int, size: int) -> str:
+def _out_of_space_message(error: OSError, out: Path, work: Path, writing: Path, state: dict, size: int) -> str:
     """Name the folder that is full, its free space, the space still needed and what to do."""
     cause, action = _STORAGE_ERRORS[error.errno]
+    cache_folder, finished, images, left = state["cache"], state["finished"], state["images"], state["left"]
     pngs = [p.stat().st_size for p in (work / IMAGES_DIR).glob("*.png")] if work.is_dir() else []
     per_image = sum(pngs) / len(pngs) if pngs else size * size  # PNG bytes per image, or the raw size
-    per_file = len(pngs) / finished if finished and pngs else 1.0  # images per source file (patch mode: more)
-    cache_bytes = (len(pngs) + left * per_file) * size * size
+    per_file = images / finished if finished else 1.0  # images per source file (patch mode: more)
+    cache_bytes = (images + left * per_file) * size * size
     images_bytes = left * per_file * (per_image + 1000)  # + ~1 KB of journal and manifest per image
     in_cache = cache_folder is not None
     where = cache_folder if in_cache else out
@@ -626,7 +626,8 @@ def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: b
     planned, label_problems = plan_labels(items, config.label_mode)
     problems += label_problems
     work = staging_dir(out)
-    state = {"writing": work, "cache": None, "finished": None, "left": None}  # counts: set once the journal is read
+    # what is being written, and counts (set once the journal is read) for the message if the disk fills up
+    state = {"writing": work, "cache": None, "finished": None, "images": 0, "left": None}
     try:
         return _run(config, on_progress, force, t0, out, root, work, planned, problems, source_facts, state)
     except BaseException as e:
@@ -635,10 +636,10 @@ def prepare(config: PrepareConfig, on_progress: Progress | None = None, force: b
         if is_storage_error(e):
             writing = Path(e.filename) if isinstance(e.filename, str) else state["writing"]
             if state["finished"] is None:  # failed while opening the folder
-                state["finished"] = len(_read_journal(work / STATE_DIR / JOURNAL_FILE))
-                state["left"] = max(0, len(planned) - state["finished"])
-            raise OutOfSpaceError(_out_of_space_message(e, out, work, writing, state["cache"], state["finished"],
-                                                        state["left"], config.size)) from e
+                journal = _read_journal(work / STATE_DIR / JOURNAL_FILE)
+                state.update(finished=len(journal), left=max(0, len(planned) - len(journal)),
+                             images=sum(len(entry.get("records", [])) for entry in journal.values()))
+            raise OutOfSpaceError(_out_of_space_message(e, out, work, writing, state, config.size)) from e
         raise
 
 
@@ -667,7 +668,7 @@ def _run(config: PrepareConfig, on_progress: Progress | None, force: bool, t0: f
         tasks.append({"item": asdict(it), "label": label, "labels": labels, "sig": sig, "rel": rel})
     reused = len(results)
     total = len(planned)
-    state.update(finished=reused, left=len(tasks))
+    state.update(finished=reused, images=sum(len(r["records"]) for r in results.values()), left=len(tasks))
     report(reused, total, f"Preparing {total} file(s) at {config.size} px ({reused} already done)")
 
     t_work = time.perf_counter()
@@ -680,6 +681,7 @@ def _run(config: PrepareConfig, on_progress: Progress | None, force: bool, t0: f
             journal.flush()
             state["writing"] = work / IMAGES_DIR  # workers write the PNGs (their errors name the file)
             state["finished"] += 1
+            state["images"] += len(result["records"])
         state["left"] -= 1
         report(len(results), total, _rate_message(len(results), total, t_work, reused))
 
