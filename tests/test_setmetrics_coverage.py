@@ -136,7 +136,9 @@ def test_collapsed_set_warns_and_a_healthy_one_does_not():
 
 def test_tiny_sets_or_no_resamples_give_nan_intervals():
     rng = np.random.default_rng(0)
-    m = setmetrics.set_metrics(rng.normal(size=(6, 3)), rng.normal(size=(5, 3)), n_boot=20)
+    m = setmetrics.set_metrics(rng.normal(size=(6, 3)), rng.normal(size=(3, 3)), n_boot=20)
     assert np.isnan(m["fid_lo"]) and m["ci_method"] == "none" and any("too few to halve" in w for w in m["warnings"])
+    m = setmetrics.set_metrics(rng.normal(size=(6, 3)), rng.normal(size=(5, 3)), n_boot=20)   # halves of 3 and 2
+    assert all(m[f"{x}_lo"] <= m[x] <= m[f"{x}_hi"] for x in ("fid", "kid", "precision", "recall"))
     m = setmetrics.set_metrics(rng.normal(size=(40, 3)), rng.normal(size=(40, 3)), n_boot=0)
     assert np.isnan(m["kid_hi"]) and np.isnan(m["fid_inf"]) and m["ci_method"] == "none" and m["fid"] >= 0

@@ -21,6 +21,8 @@ high), so percentile bootstrap intervals missed their own point value. Instead:
   Politis, Romano & Wolf 1999): a replicate takes a random half of the real set and a random half of the
   synthetic set, the complementary halves make a second replicate, and the metric is recomputed on each.
   No sample repeats. The pairwise distance, kernel and Gram matrices are computed once and indexed.
+  Sets of 4 to 2k + 1 samples halve into fewer than k + 1, so their halves use k = half size - 1 (rough);
+  below 4 there are no intervals (NaN).
 - Rescaling: when a statistic's spread scales as 1/sqrt(n), subsets of b out of n drawn without
   replacement spread as sd(T_n) * sqrt((n - b) / b) around the full-set value (the finite-population
   factor; Politis-Romano-Wolf's sqrt(b/n) rate is its b << n limit). So se(T_n) = sqrt(b / (n - b)) * sd(T_b),
@@ -344,7 +346,7 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, *, n_boot: int = 50, kid_sub
     out["pr_k"] = k
     grams = [real @ real.T, fake @ fake.T, fake @ real.T]        # (n_r, n_r), (n_f, n_f), (n_f, n_r)
     notes = fid_warnings(n_r, n_f, dim)
-    halves = n_boot >= 2 and min(n_r, n_f) // 2 >= max(2, k + 1)
+    halves = n_boot >= 2 and min(n_r, n_f) // 2 >= 2
     if halves:   # rows 2i, 2i+1: complementary halves of one random split of each set
         rng = np.random.default_rng(seed + 1)
         s_all, t_all = half_splits(n_r, n_boot, rng), half_splits(n_f, n_boot, rng)
@@ -357,7 +359,8 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, *, n_boot: int = 50, kid_sub
     out["fid_inf"] = math.nan
     if halves:
         half["kid"] = _mmd2_from_kernels(*kernels, _weights(s_all, n_r), _weights(t_all, n_f))
-        half["precision"], half["recall"] = _half_pr(d_rr, d_ff, d_fr, k, s_all, t_all)
+        k_half = min(k, s_all.shape[1] - 1, t_all.shape[1] - 1)   # < k only for sets under 2(k + 1)
+        half["precision"], half["recall"] = _half_pr(d_rr, d_ff, d_fr, k_half, s_all, t_all)
         se = {key: half_sample_se(v, n_r, n_f) for key, v in half.items()}
         se["kid"] = math.sqrt(se["kid"] ** 2 + out["kid_std"] ** 2 / kid_subsets)   # + the point's subset noise
         out["fid_lo"], out["fid_hi"] = normal_interval(out["fid"], se["fid"], 0.0)
@@ -371,7 +374,6 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, *, n_boot: int = 50, kid_sub
             out[f"{name}_lo"] = out[f"{name}_hi"] = math.nan
         out["ci_method"] = "none"
         if n_boot >= 2:
-            notes.append(f"intervals: {min(n_r, n_f)} samples per set are too few to halve; they need "
-                         f"{2 * max(2, k + 1)}+.")
+            notes.append(f"intervals: {min(n_r, n_f)} samples per set are too few to halve; they need 4+.")
     out["warnings"] = notes + collapse_warnings(d_rr, d_ff, fake, out["recall"])
     return out
