@@ -12,27 +12,41 @@ A job is started as ``python -m core job-run <id>``: a small supervisor in a new
 outcome, and then starts the next queued job. So the queue advances with no page open, and
 the job list is rebuilt from the folders after a page reload or a server restart.
 
-States: queued -> running -> finished | failed | cancelled | died (the supervisor vanished).
-A command may report its own terminal state in status.json (e.g. ``diverged``); it wins.
+States: queued -> running -> finished | failed | cancelled | died (the supervisor vanished, or
+the command was killed by a signal). A command may report its own terminal state in status.json
+(e.g. ``diverged``); it wins. When the command ends without a terminal status (a full disk left
+it unable to write one, kill -9), the supervisor writes the outcome into status.json itself.
+
+Also here, for every command that owns a folder: :func:`file_lock` (the one fcntl.flock helper),
+:class:`FolderLock` (one job per output folder, ``<out>/.lock`` names its holder),
+:func:`write_json_final` (a terminal status that still lands on a full disk) and
+:func:`process_gone` (is the process a status file or an MLflow run names still there?).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("finished", "failed", "cancelled", "died", "diverged")
 ENV_MAX_JOBS = "MEDAUG_MAX_JOBS"
+ENV_JOB_ID = "MEDAUG_JOB_ID"         # set by the supervisor for its command (named in <out>/.lock)
+LOCK_FILE = ".lock"
+ACTIVE_STATUS = ("starting", "running", "queued")   # status.json states of a command still at work
+# errno values that mean "the disk cannot take this write": full, over quota, file too large, read-only
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,6 +61,40 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def write_json_final(path: Path, data: dict, keep: Sequence[str] = ("kind", "state", "message", "pid", "run_id",
+                                                                     "step", "epoch", "out", "checkpoint")) -> bool:
+    """Write a terminal status so that it lands even on a full disk; False if nothing could be written.
+
+    First atomically (:func:`write_json_atomic`, which needs a new file's blocks); failing that,
+    by overwriting the existing file in place, which needs no new blocks when the text is not
+    longer: compact JSON of all fields, then only the ``keep`` fields."""
+    try:
+        write_json_atomic(path, data)
+        return True
+    except OSError:
+        path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+    texts = [json.dumps(data, separators=(",", ":"), default=str),
+             json.dumps({k: data[k] for k in keep if k in data}, separators=(",", ":"), default=str)]
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        fitting = [t for t in texts if len(t.encode()) <= size]
+        for text in fitting[:1] + [t for t in texts if t not in fitting[:1]]:
+            raw = text.encode()
+            try:
+                os.pwrite(fd, raw, 0)
+                os.ftruncate(fd, len(raw))
+                return True
+            except OSError:
+                continue
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path) -> dict:
@@ -119,10 +167,21 @@ def _load(folder: Path) -> Job | None:
     if not meta:
         return None
     job = Job(id=folder.name, dir=folder, meta=meta, status=_read_json(folder / "status.json"))
-    if job.meta["state"] == "running" and not _alive(job):
-        # the supervisor is gone without recording an outcome (machine restart, kill -9)
-        job.meta = _update(folder, state="died", ended=time.time(),
-                           error="The job's process ended without reporting; see log.txt.")
+    if job.meta["state"] == "running" and not _alive(job) and not _child_alive(job):
+        # the supervisor is gone without recording an outcome (machine restart, kill -9): the
+        # command's own terminal status, if it wrote one, else died
+        own = job.status.get("state")
+        if own in TERMINAL:
+            job.meta = _update(folder, state=own, ended=time.time(),
+                               **({"error": job.status.get("message") or _last_error(folder)}
+                                  if own != "finished" else {}))
+        else:
+            job.meta = _update(folder, state="died", ended=time.time(),
+                               error="The job's process ended without reporting; see log.txt.")
+            _end_status(folder, job.status, "died", job.meta["error"])
+    if job.state in TERMINAL and job.status.get("state") in ACTIVE_STATUS:
+        # the command could not record its end (full disk, kill -9): show the job's outcome instead
+        job.status = {**job.status, "state": job.state, "message": job.meta.get("error") or job.state}
     return job
 
 
@@ -161,13 +220,90 @@ def submit(argv: Sequence[str], config: dict | None = None, label: str = "") -> 
 
 
 @contextmanager
-def _queue_lock():
-    with open(jobs_dir() / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+def file_lock(path: Path, wait: bool = True) -> Iterator:
+    """An exclusive ``fcntl.flock`` on ``path`` (created if missing, never truncated), held inside
+    the block, which gets the open file. ``wait=False``: raise BlockingIOError at once if another
+    process holds it. The kernel drops the lock when the holder exits, even on kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
-            yield
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _queue_lock():
+    return file_lock(jobs_dir() / LOCK_FILE)
+
+
+class FolderBusy(ValueError):
+    """Another live process holds a folder's lock; the message names it and says what to do."""
+
+
+class FolderLock:
+    """One job per output folder: an exclusive flock on ``<folder>/.lock``, held for the job's life
+    (the kernel drops it when the process ends, even on kill -9). The file names the holder:
+    command, pid, host, start time, job id and (once known, :meth:`note`) MLflow run id, so a
+    second job refuses with :class:`FolderBusy` naming the first."""
+
+    def __init__(self, folder: str | Path, command: str):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.command = command
+        self.record: dict = {}
+        self._stack: ExitStack | None = None
+        self._file = None
+
+    def acquire(self) -> FolderLock:
+        stack = ExitStack()
+        try:
+            self._file = stack.enter_context(file_lock(self.path, wait=False))
+        except BlockingIOError:
+            raise FolderBusy(self._busy()) from None
+        self._stack = stack
+        self.record = {"command": self.command, **process_identity(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "job_id": os.environ.get(ENV_JOB_ID),
+                       "run_id": None}
+        self.note()
+        return self
+
+    def note(self, **fields) -> None:
+        """Add ``fields`` (e.g. ``run_id``) to the holder's record; best effort, as a full disk must
+        not stop the job (the lock itself needs no disk space)."""
+        self.record.update(fields)
+        try:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(json.dumps(self.record))
+            self._file.flush()
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _busy(self) -> str:
+        holder = _read_json(self.path)
+        parts = [f"pid {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
+                 if holder.get("pid") else "",
+                 f"started {holder['started']}" if holder.get("started") else "",
+                 f"job {holder['job_id']}" if holder.get("job_id") else "",
+                 f"MLflow run {holder['run_id']}" if holder.get("run_id") else ""]
+        details = ", ".join(p for p in parts if p) or "details not written yet"
+        who = f"{holder.get('command') or 'another job'} ({details})"
+        cancel = (f"cancel it (`python -m core jobs --cancel {holder['job_id']}`)" if holder.get("job_id")
+                  else f"stop it (kill {holder['pid']})" if holder.get("pid") else "stop it")
+        return (f"{self.folder} is in use by {who}; two jobs writing one folder would overwrite each other's "
+                f"checkpoint. Wait for it to end, {cancel}, or choose another --out.")
 
 
 def schedule() -> list[str]:
@@ -214,17 +350,46 @@ def run_supervised(job_id: str) -> int:
     _update(folder, state="running", pid=os.getpid(), started=meta.get("started") or time.time())
     with open(folder / "log.txt", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "core", *meta["argv"]], cwd=_ROOT,
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        _update(folder, child_pid=child.pid)
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, ENV_JOB_ID: job_id})
+        _update(folder, child_pid=child.pid, child_start=process_start(child.pid))
         code = child.wait()
     meta = _read_json(folder / "job.json")
+    status = _read_json(folder / "status.json")
     if meta.get("state") == "running":  # not cancelled meanwhile
-        status = _read_json(folder / "status.json")
-        state = status.get("state") if status.get("state") in TERMINAL else ("finished" if code == 0 else "failed")
-        _update(folder, state=state, exit_code=code, ended=time.time(),
-                **({"error": _last_error(folder)} if state == "failed" else {}))
+        if status.get("state") in TERMINAL:
+            state = status["state"]
+        else:
+            state = "finished" if code == 0 else "died" if code < 0 else "failed"
+        error = (_signal_error(code, status) if code < 0 and state == "died"
+                 else _last_error(folder) if state == "failed" else None)
+        meta = _update(folder, state=state, exit_code=code, ended=time.time(), **({"error": error} if error else {}))
+    if status.get("state") in ACTIVE_STATUS:
+        # the command ended without recording it (its disk is full, it was killed): say how it ended
+        state = meta.get("state", "failed")
+        _end_status(folder, status, state, meta.get("error") or (state if state in ("finished", "cancelled")
+                                                                  else f"exit code {code}"))
     schedule()
     return code
+
+
+def _signal_error(code: int, status: dict) -> str:
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    where = f" at step {status['step']}" if status.get("step") else ""
+    hint = ("; it exceeded the file size limit (ulimit -f)" if name == "SIGXFSZ"
+            else "; another program or the system (out of memory?) killed it" if name == "SIGKILL" else "")
+    return f"The command was killed by {name}{where}{hint}. Continue from its last checkpoint with --resume."
+
+
+def _end_status(folder: Path, status: dict, state: str, message: str) -> None:
+    """Record a terminal ``state`` in a job's status.json that still says it is at work."""
+    path = folder / "status.json"
+    if path.is_file():
+        write_json_final(path, {**status, "state": state, "message": message,
+                                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def _last_error(folder: Path) -> str:
@@ -243,6 +408,8 @@ def _update(folder: Path, **changes) -> dict:
 
 
 def _pid_alive(pid: int) -> bool:
+    if not pid or pid <= 0:   # os.kill(0, ...) would ask about our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -253,6 +420,37 @@ def _pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, field 22 of /proc/PID/stat); None if unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_identity() -> dict:
+    """This process as status files, lock files and MLflow tags record it: pid, host, pid_start."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": process_start(os.getpid())}
+
+
+def process_gone(pid, host: str | None = None, pid_start=None) -> bool:
+    """True when the process that ``pid`` (+ ``host``, ``pid_start``) names has surely ended: it is
+    on this host (None: assumed) and no process has that pid, or another one has reused it.
+    Another host's process cannot be checked: False."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or (host and host != socket.gethostname()):
+        return False
+    if not _pid_alive(pid):
+        return True
+    if pid_start not in (None, ""):
+        now = process_start(pid)
+        return now is not None and str(now) != str(pid_start)
+    return False
 
 
 def _alive(job: Job) -> bool:
@@ -267,6 +465,12 @@ def _alive(job: Job) -> bool:
     except OSError:
         return True
     return job.id in cmdline
+
+
+def _child_alive(job: Job) -> bool:
+    """The job's command still runs (its supervisor may be gone: kill -9 of the supervisor alone)."""
+    pid = job.meta.get("child_pid")
+    return bool(pid) and not process_gone(pid, None, job.meta.get("child_start"))
 
 
 def _signal_group(pid: int, sig: int) -> None:
