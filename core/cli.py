@@ -1,7 +1,8 @@
 """Command line: each command prints a readable log, then one JSON summary line last.
 
-Scripts and tests read the last line: ``json.loads(stdout.splitlines()[-1])``. A failed
-command prints ``{"ok": false, "error": "..."}`` last and exits with status 2.
+Scripts and tests read the last line: ``json.loads(stdout.splitlines()[-1])``. Every failure,
+a usage error (unknown flag or choice, missing argument) included, prints the reason to stderr
+and ``{"ok": false, "command": ..., "error": "..."}`` last on stdout, and exits with status 2.
 """
 from __future__ import annotations
 
@@ -59,22 +60,80 @@ def read_config(path: str | None, command: str) -> dict:
     return fields
 
 
+PROG = "python -m core"
+
+
+class UsageError(ValueError):
+    """A command line argparse rejects; raised by :class:`Parser` instead of exiting."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+        self.command = parser.prog.removeprefix(PROG).strip() or None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` rather than exiting, so :func:`main` can end a
+    usage error with the JSON line too. Sub-command parsers are of this class as well."""
+
+    def error(self, message: str):
+        raise UsageError(self, message)
+
+
+def error_text(e: BaseException) -> str:
+    """One readable sentence for a failure; a full disk (or quota, file size limit, read-only file
+    system) says so and what to do, whatever raised it."""
+    from core.jobs import OUT_OF_SPACE
+
+    if isinstance(e, OSError) and e.errno in OUT_OF_SPACE:
+        import errno
+        import os
+
+        where = f" {e.filename}" if e.filename else ""
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EFBIG: "the file would exceed the file size limit (ulimit -f) or the file system's maximum",
+                errno.EROFS: "the file system is read-only"}[e.errno]
+        return (f"Cannot write{where}: {e.strerror or os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)}): "
+                f"{what}. Free space there (or choose another --out) and run again; a trainer continues from "
+                f"its last good checkpoint with --resume.")
+    if isinstance(e, (ValueError, OSError)):   # our errors are ValueErrors that say what to do
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core", description="MedAug Studio: headless commands. "
-                                "Each prints a readable log and one JSON summary line last.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = Parser(prog=PROG, description="MedAug Studio: headless commands. "
+               "Each prints a readable log and one JSON summary line last.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return p
 
 
+def _failed(command: str | None, error: str) -> int:
+    print(json.dumps({"ok": False, "command": command, "error": error}), flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        e.parser.print_usage(sys.stderr)
+        print(f"{e.parser.prog}: error: {e}", file=sys.stderr, flush=True)
+        return _failed(e.command, f"{e}; see `{e.parser.prog} --help`.")
     try:
         summary = args.func(args)
-    except (ValueError, OSError) as e:  # our errors are ValueErrors that say what to do
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        print(json.dumps({"ok": False, "command": args.command, "error": str(e)}), flush=True)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return _failed(args.command, "interrupted (Ctrl-C)")
+    except Exception as e:
+        if not isinstance(e, (ValueError, OSError)):
+            import traceback   # an unexpected failure: the traceback is for whoever fixes it
+
+            traceback.print_exc(file=sys.stderr)
+        text = error_text(e)
+        print(f"error: {text}", file=sys.stderr, flush=True)
+        return _failed(args.command, text)
     print(json.dumps({"ok": True, "command": args.command, **summary}, default=str), flush=True)
     return 0
