@@ -67,6 +67,8 @@ def list_runs(experiment_names: Iterable[str] | None = None, deleted: bool = Fal
               max_results: int = 10_000) -> pd.DataFrame:
     """Every run of the experiments (all active ones by default), newest first, one row per
     run with the columns of :data:`LIST_COLUMNS`; ``deleted=True`` lists the trash instead.
+    ``status`` is MLflow's, except DIED for a RUNNING run whose process is gone (kill -9, a crash;
+    :func:`core.tracking.shown_status`).
     ``tags``, ``params`` and ``metrics`` hold dicts (latest metric values)."""
     from mlflow.entities import ViewType
 
@@ -94,7 +96,8 @@ def _row(r, exp_names: Mapping[str, str]) -> dict:
     info, tags = r.info, r.data.tags
     end = info.end_time or None
     return {"run_id": info.run_id, "name": info.run_name or info.run_id[:8],
-            "kind": tags.get(tracking.TAG_KIND, ""), "status": info.status,
+            "kind": tags.get(tracking.TAG_KIND, ""),
+            "status": tracking.shown_status(info.status, tags),   # DIED: RUNNING, but its process is gone
             "start_time": info.start_time, "duration_s": (end - info.start_time) / 1000 if end else None,
             "dataset_id": tags.get(tracking.TAG_DATASET_ID, ""), "dataset_hash": tags.get(tracking.TAG_DATASET_HASH, ""),
             "code_version": tags.get(tracking.TAG_CODE_VERSION, ""), "parent_run_id": tags.get(PARENT_TAG, ""),
@@ -118,7 +121,7 @@ class RunFilter:
     tags: Mapping[str, str] = field(default_factory=dict)  # tag -> value ("" = the tag is present)
     since: date | None = None               # first day kept (UTC), inclusive
     until: date | None = None               # last day kept (UTC), inclusive
-    statuses: tuple[str, ...] = ()          # FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
+    statuses: tuple[str, ...] = ()          # FINISHED, FAILED, KILLED, RUNNING, SCHEDULED, DIED (RUNNING, process gone)
     text: str = ""                          # case-insensitive substring of the name or run id
     experiments: tuple[str, ...] = ()       # experiment names
     keep_family: bool = True                # keep a kept child's parent (and a kept parent's children)

@@ -3,8 +3,13 @@
 - Store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<workspace>/mlflow.db`` with
   artifacts under ``<workspace>/mlartifacts``.
 - A run starts from a config (a dataclass or a dict); its flattened params are logged once.
-- Tags: ``medaug.kind`` (job kind), ``medaug.dataset_id`` / ``medaug.dataset_hash``, and
-  ``medaug.code_version`` (the git commit, ``-dirty`` when the tree has changes).
+- Tags: ``medaug.kind`` (job kind), ``medaug.dataset_id`` / ``medaug.dataset_hash``,
+  ``medaug.code_version`` (the git commit, ``-dirty`` when the tree has changes), and the process
+  that logs (``medaug.pid``, ``medaug.host``, ``medaug.pid_start``), so a run whose process died
+  (kill -9, a crash) is shown as DIED rather than RUNNING (:func:`shown_status`).
+- A resumed job continues its run (:func:`continue_run`): RUNNING again, the steps it lacks
+  logged; if that run cannot be continued (deleted, another store) the orphan is marked KILLED
+  and a new run names it in ``medaug.resumed_from``.
 - Metrics always carry ``step=`` and are buffered into ``log_batch`` calls (each call costs
   about 20 ms on SQLite), flushed every ``flush_every`` metrics or seconds and at the end.
 - A store that cannot be reached fails fast at the start (:func:`check_store`); one lost
@@ -31,6 +36,10 @@ TAG_KIND = "medaug.kind"
 TAG_DATASET_ID = "medaug.dataset_id"
 TAG_DATASET_HASH = "medaug.dataset_hash"
 TAG_CODE_VERSION = "medaug.code_version"
+TAG_PID, TAG_HOST, TAG_PID_START = "medaug.pid", "medaug.host", "medaug.pid_start"
+TAG_RESUMED_FROM = "medaug.resumed_from"
+TAG_RESUMES = "medaug.resumes"          # how many times a run was continued by a resumed job
+DIED = "DIED"                           # shown for a RUNNING run whose process is gone (not an MLflow status)
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -115,17 +124,12 @@ def client():
             os.environ.setdefault(name, value)
     if uri in _READY_STORES or not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    import fcntl
+    from core.jobs import file_lock
 
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            c = MlflowClient(tracking_uri=uri)
-            c.search_experiments(max_results=1)  # forces the store (and its schema) into being
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)  # forces the store (and its schema) into being
     _READY_STORES.add(uri)
     return c
 
@@ -212,6 +216,8 @@ class Run:
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self._retry_at = 0.0
+        self.logged_through: dict[str, int] = {}   # key -> last step the store held when a run was continued
+        self.note = ""                             # how a resumed job's run came about (continue_run)
 
     # -- failure handling -------------------------------------------------------------------
 
@@ -255,7 +261,8 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._buffer += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                         if int(step) > self.logged_through.get(k, -2**62)]   # a continued run has those
         if len(self._buffer) >= self._flush_every or time.monotonic() - self._last_flush > self._flush_seconds:
             self.flush()
 
@@ -326,7 +333,12 @@ class Run:
         self._pending.append(("terminate", (status,)))
         if self.flush(force=True):
             return None
-        return self._spill()
+        try:
+            return self._spill()
+        except OSError as e:   # the disk is full too: say so, and never hide the job's own error
+            self.on_error(f"MLflow store {tracking_uri()} still fails at the end of run {self.run_id} ({self.error}), "
+                          f"and what is unsent cannot be saved to {spill_dir(self.run_id)} either ({e}); it is lost.")
+            return None
 
     def _spill(self) -> Path:
         folder = spill_dir(self.run_id)
@@ -414,7 +426,7 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
 
     check_store()
     c = client()
-    all_tags = {TAG_KIND: kind, TAG_CODE_VERSION: code_version(), **(tags or {})}
+    all_tags = {TAG_KIND: kind, TAG_CODE_VERSION: code_version(), **process_tags(), **(tags or {})}
     if dataset is not None:
         all_tags[TAG_DATASET_ID] = dataset.id
         all_tags[TAG_DATASET_HASH] = dataset.content_hash
@@ -430,15 +442,114 @@ def start_run(kind: str, config: Any, *, dataset=None, run_name: str | None = No
         yield run
 
 
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, so a listing can tell a run whose process is gone."""
+    from core.jobs import process_identity
+
+    ident = process_identity()
+    return {TAG_PID: str(ident["pid"]), TAG_HOST: ident["host"], TAG_PID_START: str(ident["pid_start"] or "")}
+
+
+def process_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process a run's tags name has surely ended (False without the tags, or on another host)."""
+    from core.jobs import process_gone as gone
+
+    return bool(tags.get(TAG_PID) and tags.get(TAG_HOST)) and gone(tags[TAG_PID], tags[TAG_HOST],
+                                                                   tags.get(TAG_PID_START) or None)
+
+
+def shown_status(status: str, tags: Mapping[str, str]) -> str:
+    """A run's status as pages show it: :data:`DIED` for a RUNNING run whose process is gone."""
+    return DIED if status == "RUNNING" and process_gone(tags) else status
+
+
 @contextmanager
-def reopen_run(run_id: str, on_error: Callable[[str], None] | None = None) -> Iterator[Run]:
+def reopen_run(run_id: str, on_error: Callable[[str], None] | None = None,
+               skip_logged_steps: bool = False) -> Iterator[Run]:
     """Continue an existing run (e.g. the parent of a resumed study): RUNNING again, then
-    ended like :func:`start_run` ends a run."""
+    ended like :func:`start_run` ends a run. ``skip_logged_steps``: metrics at steps the run
+    already holds (per key) are not logged again (a resumed trainer repeats some steps)."""
     check_store()
     c = client()
     c.update_run(run_id, status="RUNNING")
     run = Run(c, run_id, on_error=on_error)
+    previous = c.get_run(run_id)
+    resumes = int(previous.data.tags.get(TAG_RESUMES, "0") or 0) + 1
+    run._do_set_tags({**process_tags(), TAG_RESUMES: str(resumes)})
+    if skip_logged_steps:
+        for key in previous.data.metrics:
+            steps = [m.step for m in c.get_metric_history(run_id, key)]
+            if steps:
+                run.logged_through[key] = max(steps)
     with _ending(run):
+        yield run
+
+
+def why_not_continue(run_id: str) -> str | None:
+    """Why a resumed job cannot continue MLflow run ``run_id`` (None: it can)."""
+    from core.jobs import process_identity
+
+    try:
+        r = client().get_run(run_id)
+    except Exception as e:  # noqa: BLE001 (MlflowException, a server error: it is not there)
+        return f"it is not in the store {tracking_uri()}: {type(e).__name__}"
+    if r.info.lifecycle_stage == "deleted":
+        return "it was deleted (it is in the trash)"
+    tags = r.data.tags
+    me = process_identity()
+    if (r.info.status == "RUNNING" and tags.get(TAG_HOST) == me["host"] and tags.get(TAG_PID) != str(me["pid"])
+            and not process_gone(tags)):
+        return f"its process {tags.get(TAG_PID)} on {tags.get(TAG_HOST)} is still running"
+    return None
+
+
+def mark_killed(run_id: str) -> bool:
+    """End a RUNNING run whose process is gone as KILLED (a deleted one too: it stays in the
+    trash). True if it was marked."""
+    c = client()
+    try:
+        r = c.get_run(run_id)
+    except Exception:  # noqa: BLE001 (not in this store)
+        return False
+    tags = r.data.tags
+    alive_here = tags.get(TAG_HOST) == process_tags()[TAG_HOST] and not process_gone(tags)
+    if r.info.status != "RUNNING" or alive_here:
+        return False
+    deleted = r.info.lifecycle_stage == "deleted"
+    try:
+        if deleted:
+            c.restore_run(run_id)
+        c.set_terminated(run_id, status="KILLED")
+    finally:
+        if deleted:
+            c.delete_run(run_id)
+    return True
+
+
+@contextmanager
+def continue_run(previous_run_id: str | None, kind: str, config: Any, *,
+                 on_error: Callable[[str], None] | None = None, tags: Mapping[str, Any] | None = None,
+                 **start_kwargs) -> Iterator[Run]:
+    """The run of a resumed job: ``previous_run_id`` (from its checkpoint) RUNNING again, with the
+    steps it lacks logged (:func:`reopen_run`, ``skip_logged_steps``). If that run cannot be
+    continued (deleted, another store, still alive elsewhere: :func:`why_not_continue`), the orphan is
+    marked KILLED when its process is gone and a new run (:func:`start_run`) is tagged
+    ``medaug.resumed_from``. Without ``previous_run_id``: :func:`start_run`. ``run.note`` says which."""
+    note = ""
+    if previous_run_id:
+        check_store()
+        reason = why_not_continue(previous_run_id)
+        if reason is None:
+            with reopen_run(previous_run_id, on_error=on_error, skip_logged_steps=True) as run:
+                run.note = f"continuing MLflow run {previous_run_id}"
+                yield run
+            return
+        killed = mark_killed(previous_run_id)
+        tags = {**(tags or {}), TAG_RESUMED_FROM: previous_run_id}
+        note = (f"MLflow run {previous_run_id} cannot be continued ({reason})"
+                + ("; marked it KILLED" if killed else "") + "; a new run records the rest")
+    with start_run(kind, config, on_error=on_error, tags=tags, **start_kwargs) as run:
+        run.note = note or f"started MLflow run {run.run_id}"
         yield run
 
 

@@ -245,9 +245,10 @@ def results_tab() -> None:
                 "`python -m core study --preset quick`.")
         return
     by_id = {r.info.run_id: r for r in runs}
+    shown = {i: tracking.shown_status(r.info.status, r.data.tags) for i, r in by_id.items()}  # DIED: process gone
     c = st.columns([3, 1])
     run_id = c[0].selectbox("Study", list(by_id), key="st_pick",
-                            format_func=lambda i: f"{by_id[i].info.run_name} — {by_id[i].info.status} · "
+                            format_func=lambda i: f"{by_id[i].info.run_name} — {shown[i]} · "
                                                   f"{by_id[i].data.tags.get('medaug.dataset_id', '')} · {i[:8]}")
     metric = c[1].selectbox("Metric", METRICS, key="st_metric")
     run = by_id[run_id]

@@ -148,8 +148,9 @@ def past_runs() -> None:
         st.info("No GAN runs in the tracking store yet.")
         return
     by_id = {r.info.run_id: r for r in runs}
+    shown = {i: tracking.shown_status(r.info.status, r.data.tags) for i, r in by_id.items()}  # DIED: process gone
     run_id = st.selectbox("Run", list(by_id), key="gan_past_run",
-                          format_func=lambda i: f"{by_id[i].info.run_name} — {by_id[i].info.status} · "
+                          format_func=lambda i: f"{by_id[i].info.run_name} — {shown[i]} · "
                                                 f"{by_id[i].data.tags.get('medaug.dataset_id', '')}")
     run = by_id[run_id]
     st.caption(f"Run `{run_id}` · dataset `{run.data.tags.get('medaug.dataset_id')}` · "

@@ -122,6 +122,9 @@ def listing(shown):
                                         "started": st.column_config.DatetimeColumn("started (UTC)",
                                                                                    format="YYYY-MM-DD HH:mm"),
                                         "duration_s": st.column_config.NumberColumn("duration (s)"),
+                                        "status": st.column_config.TextColumn(
+                                            "status", help="MLflow's status; DIED: the run still says RUNNING "
+                                            "but its process is gone (killed, crashed). `--resume` continues it."),
                                         "run_id": st.column_config.TextColumn("run id", width="small")})
     picked = [ids[i] for i in event.selection.rows if i < len(ids)]
     st.session_state["runs_selected"] = picked
