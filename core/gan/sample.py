@@ -159,10 +159,10 @@ def write_synthetic_set(checkpoint: str | Path, n: int, out: str | Path, class_n
     from core.data.manifest import file_sha256
 
     out = Path(out).expanduser()
-    existing = None
+    existing, replace = None, False
     if out.exists() and any(out.iterdir()):
         if overwrite:
-            shutil.rmtree(out)
+            replace = True     # removed once the images exist: a bad checkpoint or device leaves OUT alone
         elif append and (out / META_FILE).is_file():
             existing = load_dataset(out)
         else:
@@ -174,6 +174,8 @@ def write_synthetic_set(checkpoint: str | Path, n: int, out: str | Path, class_n
     report = on_progress or (lambda done, total, msg: None)
     report(0, n, f"Generating {n} images from {checkpoint}")
     gen = generate_images(checkpoint, n, class_name, seed, device=device)
+    if replace:
+        shutil.rmtree(out)
     run8 = gen.run_id.replace("local-", "")[:8]
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -186,12 +186,20 @@ class GanDiverged(ValueError):
 # --- checkpoints -------------------------------------------------------------------------
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write atomically: a temp file in the same folder, then rename over ``path``."""
+    """Write atomically: a temp file in the same folder, then rename over ``path``, so a failed
+    write (a full disk) leaves the last good checkpoint. A write failure raises the OSError
+    (ENOSPC, EFBIG, ...) naming ``path``, not torch's bare RuntimeError."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:     # through a Python file, so the OSError of a failed write survives
+            torch.save(state, f)
         os.replace(tmp, path)
+    except RuntimeError as e:
+        cause = e.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -222,14 +230,45 @@ def checkpoint_config(state: dict) -> GanConfig:
     return GanConfig.from_dict(state["config"])
 
 
+def check_resume(state: dict, config: GanConfig, data_fingerprint: str, n_images: int, where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` can continue with ``config`` on these images
+    (only :data:`RESUMABLE_FIELDS` may change). The CLI calls it before any side effect."""
+    old = state["config"]
+    new = config.to_dict()
+    changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
+                              f"use the checkpoint's settings or a new --out folder.")
+    if state.get("data_fingerprint") != data_fingerprint:
+        raise CheckpointError(f"{where}: the training images differ from the ones this checkpoint was trained on "
+                              f"({state.get('n_images')} then, {n_images} now); resume on the same data "
+                              f"or start a new --out folder.")
+
+
+def training_fingerprint(images, labels, config: GanConfig) -> tuple[str, int]:
+    """(fingerprint, image count) of the data a :class:`GanTrainer` with ``config`` would train on."""
+    t = images_to_tensor(images, config.resolution)
+    y = (torch.as_tensor(np.asarray(labels), dtype=torch.long).view(-1)
+         if config.conditional and labels is not None else None)
+    return fingerprint(t, y), len(t)
+
+
 # --- the trainer -------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a ``device`` setting; a CUDA device that is not here raises ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r}: no CUDA GPU is visible here; use --device cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one of them.")
     return device
 
 
@@ -542,17 +581,7 @@ class GanTrainer:
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> int:
         """Restore weights, optimisers, RNG and step from a checkpoint; returns its epoch."""
-        old = state["config"]
-        new = self.config.to_dict()
-        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-            raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
-                                  f"use the checkpoint's settings or a new --out folder.")
-        if state.get("data_fingerprint") != self.data_fingerprint:
-            raise CheckpointError(f"{where}: the training images differ from the ones this checkpoint was trained on "
-                                  f"({state.get('n_images')} then, {self.n_images} now); resume on the same data "
-                                  f"or start a new --out folder.")
+        check_resume(state, self.config, self.data_fingerprint, self.n_images, where)
         try:
             self.G.load_state_dict(state["generator"])
             self.D.load_state_dict(state["discriminator"])
