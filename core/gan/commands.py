@@ -13,8 +13,15 @@ as a tag) and keeps ``<out>/status.json`` current for pages and job runners:
      "config": {GanConfig fields}, "started": iso, "updated": iso}
 
 It is rewritten atomically (temp file + rename) at most every 2 s, and at every epoch and
-state change. ``--config JSON`` holds the same fields as the flags (flags given on the
-command line win), so a job runner can launch ``python -m core train-gan --config job.json``.
+state change. A terminal state is written even on a full disk (in place:
+:func:`core.jobs.write_json_final`); ``host`` and ``pid_start`` name the process, so
+:func:`read_status` reports ``died`` for a job whose process is gone while its file still says
+running. Everything is validated before the first side effect (``--out``, status.json, the
+MLflow run), and ``<out>/.lock`` keeps a second job off the same folder
+(:class:`core.jobs.FolderLock`). ``--resume`` continues the MLflow run named in the checkpoint
+(:func:`core.tracking.continue_run`). ``--config JSON`` holds the same fields as the flags
+(flags given on the command line win), so a job runner can launch
+``python -m core train-gan --config job.json``.
 """
 from __future__ import annotations
 
@@ -27,8 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.cli import log, progress_printer, read_config
-from core.jobs import write_json_atomic
+from core.cli import error_text, log, progress_printer, read_config
+from core.jobs import ACTIVE_STATUS, process_gone, process_identity, write_json_atomic, write_json_final
 
 STATUS_FILE = "status.json"
 STATUS_EVERY_S = 2.0
@@ -44,9 +51,14 @@ def read_status(out: str | Path) -> dict | None:
     """The status of a train-gan job folder, or None if it has none (yet)."""
     path = Path(out) / STATUS_FILE
     try:
-        return json.loads(path.read_text())
+        status = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if status.get("state") in ACTIVE_STATUS and process_gone(status.get("pid"), status.get("host"),
+                                                              status.get("pid_start")):
+        status = {**status, "state": "died", "message": f"its process {status.get('pid')} ended without "
+                                                        f"reporting (killed?); continue with --resume --out {out}"}
+    return status
 
 
 class StatusFile:
@@ -55,7 +67,7 @@ class StatusFile:
     def __init__(self, folder: Path, every: float = STATUS_EVERY_S, **fields):
         self.path = folder / STATUS_FILE
         self.every = every
-        self.fields = {"kind": "train-gan", "pid": os.getpid(), "started": now_iso(), **fields}
+        self.fields = {"kind": "train-gan", **process_identity(), "started": now_iso(), **fields}
         self._last = 0.0
 
     def update(self, force: bool = False, **fields) -> None:
@@ -63,6 +75,16 @@ class StatusFile:
         if force or time.monotonic() - self._last >= self.every:
             write_json_atomic(self.path, {**self.fields, "updated": now_iso()})
             self._last = time.monotonic()
+
+    def end(self, state: str, message: str, **fields) -> bool:
+        """Record a terminal ``state``; never raises. On a full disk the file is overwritten in
+        place (:func:`core.jobs.write_json_final`); False if even that failed, and the job
+        runner then records the outcome from the command's JSON line."""
+        self.fields.update(fields, state=state, message=message)
+        ok = write_json_final(self.path, {**self.fields, "updated": now_iso()})
+        if not ok:
+            log(f"  status: could not record state {state!r} in {self.path} (the disk is full?)")
+        return ok
 
 
 def training_images(ds, resolution: int, class_name: str | None, conditional: bool):
@@ -114,18 +136,20 @@ def job_fields(args) -> dict:
 
 
 def cmd_train_gan(args) -> dict:
-    from core import distributed
+    from core import distributed, tracking
     from core.data.datasets import load_dataset
-    from core.gan.train import CHECKPOINT_FILE, GanConfig, GanDiverged, load_checkpoint, plan_steps, train_gan
-    from core.tracking import start_run
+    from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
+                                resolve_device, train_gan, training_fingerprint)
+    from core.jobs import FolderLock
 
+    # 1. validate everything (values, device, data, class, checkpoint, store) before any side effect
     fields = job_fields(args)
     job = {k: fields.pop(k, None) for k in JOB_KEYS}
     out = Path(job["out"]).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(job["data"])
     conditional = bool(fields.get("conditional"))
     GanConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
+    resolve_device(fields.get("device") or "auto")          # e.g. --device cuda on a machine without CUDA
+    ds = load_dataset(job["data"])
     ctx = distributed.init(fields.get("device") or "auto")  # under torchrun: join the other ranks
     if ctx.active and not ctx.is_main:
         distributed.barrier(ctx)        # rank 0 builds the pixel cache first
@@ -141,42 +165,53 @@ def cmd_train_gan(args) -> dict:
     spe, total = plan_steps(len(images), config)
     resume_from = None
     if job["resume"] and (out / CHECKPOINT_FILE).is_file():
-        resume_from = (load_checkpoint(out / CHECKPOINT_FILE).get("meta") or {}).get("run_id")
+        state = load_checkpoint(out / CHECKPOINT_FILE)
+        check_resume(state, config, *training_fingerprint(images, labels, config), str(out / CHECKPOINT_FILE))
+        resume_from = (state.get("meta") or {}).get("run_id")
+        del state
+    tracking.check_store()
+
+    # 2. side effects: the folder, its lock (one job per folder), the status file, the MLflow run
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "train-gan").acquire()
     status = StatusFile(out, out=str(out), state="starting", message="loading", step=0, total_steps=total,
                         epoch=0, epochs=math.ceil(total / spe), steps_per_epoch=spe, eta_s=None,
                         img_per_s=None, losses={}, run_id=None, checkpoint=None, grid=None,
                         config=config.to_dict())
-    status.update(force=True)
     what = job["class"] or ("conditional: " + ", ".join(classes) if conditional else "all classes")
-    log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
-        f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}"
-        + (f"; {ctx.world_size} processes ({ctx.backend}), {config.batch // ctx.world_size} images each per step"
-           if ctx.active else ""))
 
     def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     next_log = [0.0]
     try:
+        status.update(force=True)
+        log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
+            f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}"
+            + (f"; {ctx.world_size} processes ({ctx.backend}), {config.batch // ctx.world_size} images each per step"
+               if ctx.active else ""))
         params = {**config.to_dict(), "data": str(ds.root), "n_images": len(images), "steps_per_epoch": spe,
                   "total_steps": total, "out": str(out), "world_size": ctx.world_size}
         tags = {"medaug.gan.variant": config.variant, "medaug.gan.class": job["class"] or "",
                 "medaug.gan.conditional": conditional, "medaug.out": str(out)}
-        if resume_from:
-            tags["medaug.resumed_from"] = resume_from
         def tracking_trouble(message: str) -> None:   # a lost store must not kill hours of training
             log(f"  tracking: {message}")
             status.update(force=True, warning=None if "reachable again" in message else message)
 
-        with start_run("train-gan", params, dataset=ds, tags=tags, on_error=tracking_trouble,
-                       run_name=f"{config.variant} {job['class'] or ('conditional' if conditional else 'all')} "
-                                f"{config.resolution}px") as run:
+        who = job["class"] or ("conditional" if conditional else "all")
+        with tracking.continue_run(resume_from, "train-gan", params, dataset=ds, tags=tags, on_error=tracking_trouble,
+                                   run_name=f"{config.variant} {who} {config.resolution}px") as run:
+            if resume_from:
+                log(f"  resume: {run.note}")
+            lock.note(run_id=run.run_id)
             status.update(force=True, state="running", message="training", run_id=run.run_id)
 
             t_train = time.monotonic()
 
             def on_step(step: int, metrics: dict) -> None:
                 run.log_metrics(metrics, step)
+                if step % spe == 0:   # the epoch's checkpoint comes next: the store must hold every step before
+                    run.flush()       # it, so a resume after kill -9 leaves no gap in the curves
                 rate = metrics.get("img_per_s") or 0.0
                 eta = (total - step) * config.batch / rate if rate > 0 else None
                 if config.max_seconds:   # a time budget may end the run first
@@ -205,25 +240,25 @@ def cmd_train_gan(args) -> dict:
                 log(f"  note: {note}")
             run.set_tags({"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
             if result.state == "diverged":
-                status.update(force=True, state="diverged", message=result.message, step=result.step)
+                status.end("diverged", result.message, step=result.step)
                 raise GanDiverged(result.message)   # the run ends FAILED, the CLI exits 2
             if result.checkpoint is not None:
                 run.log_artifact(result.checkpoint, "checkpoint")
+        distributed.shutdown()
+        status.end("finished", result.message, step=result.step, epoch=result.epoch, eta_s=0.0,
+                   img_per_s=result.img_per_s, checkpoint=str(result.checkpoint) if result.checkpoint else None)
     except KeyboardInterrupt:
-        status.update(force=True, state="cancelled", message="cancelled")
+        status.end("cancelled", "cancelled")
         raise ValueError(f"train-gan cancelled at step {status.fields['step']}; "
                          f"continue with --resume --out {out}.") from None
     except GanDiverged:
         raise
     except BaseException as e:
-        status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+        status.end("failed", error_text(e))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    distributed.shutdown()
-    status.update(force=True, state="finished", message=result.message, step=result.step, epoch=result.epoch,
-                  eta_s=0.0, img_per_s=result.img_per_s,
-                  checkpoint=str(result.checkpoint) if result.checkpoint else None)
+        lock.release()   # held until the outcome is on disk
     log(f"{result.message} {result.img_per_s} img/s; checkpoint {result.checkpoint}")
     return {"run_id": run.run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "steps": result.step, "epochs": result.epoch, "img_per_s": result.img_per_s,
