@@ -14,7 +14,10 @@ metrics.json as artifacts) and keeps ``<out>/status.json`` current for pages and
      "config": {ClassifierConfig fields}, "started": iso, "updated": iso}
 
 ``--config JSON`` holds the same fields as the flags (flags given on the command line win), so
-a job runner can launch ``python -m core train-classifier --config job.json``.
+a job runner can launch ``python -m core train-classifier --config job.json``. As for train-gan:
+everything is validated before the first side effect, ``<out>/.lock`` keeps a second job off the
+folder, a terminal status is written even on a full disk, and ``--resume`` continues the MLflow
+run named in the checkpoint.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import signal
 import time
 from pathlib import Path
 
-from core.cli import log, progress_printer, read_config
+from core.cli import error_text, log, progress_printer, read_config
 
 # --config keys that are not ClassifierConfig fields
 JOB_KEYS = ("data", "out", "resume", "classes")
@@ -89,18 +92,21 @@ def per_class_table(metrics: dict) -> dict[str, list]:
 
 
 def cmd_train_classifier(args) -> dict:
+    from core import distributed, tracking
     from core.classify.data import classifier_splits
     from core.classify.evaluate import SUMMARY_METRICS, flat_metrics
-    from core.classify.train import CHECKPOINT_FILE, ClassifierConfig, load_checkpoint, train_classifier
+    from core.classify.train import (CHECKPOINT_FILE, ClassifierConfig, check_resume, load_checkpoint, resolve_device,
+                                     train_classifier, training_fingerprint)
     from core.data.datasets import load_dataset
     from core.gan.commands import StatusFile
-    from core.tracking import start_run
+    from core.jobs import FolderLock
 
+    # 1. validate everything (values, device, data, classes, checkpoint, store) before any side effect
     fields = job_fields(args)
     job = {k: fields.pop(k, None) for k in JOB_KEYS}
     config = ClassifierConfig.from_dict(fields)       # fail fast on bad values, before loading pixels
+    resolve_device(config.device)                     # e.g. --device cuda on a machine without CUDA
     out = Path(job["out"]).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     data = Path(job["data"]).expanduser()
     if not data.exists():
         raise ValueError(f"--data {data}: no such folder; create one with `python -m core phantom --out {data}`.")
@@ -108,8 +114,6 @@ def cmd_train_classifier(args) -> dict:
     classes = job["classes"]
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
-    from core import distributed
-
     ctx = distributed.init(config.device)   # under torchrun: join the other ranks
     if ctx.active and not ctx.is_main:
         distributed.barrier(ctx)             # rank 0 builds the pixel cache first
@@ -122,21 +126,40 @@ def cmd_train_classifier(args) -> dict:
                                   checkpoint_dir=out, resume=bool(job["resume"]))
         distributed.shutdown()
         return {"rank": ctx.rank, "state": result.state, "seconds": result.seconds}
+    if config.weights_path:   # pretrained weights that exist and fit the network
+        from core.classify.models import build_model
+
+        build_model(config.model, len(splits.class_names), 1, config.weights_path, config.aux_logits)
+    resume_from, first_epoch, history = None, [0], []
+    if job["resume"] and (out / CHECKPOINT_FILE).is_file():
+        state = load_checkpoint(out / CHECKPOINT_FILE)
+        check_resume(state, config, training_fingerprint(config, splits.train, splits.val, splits.class_names),
+                     splits.class_names, str(out / CHECKPOINT_FILE))
+        resume_from = (state.get("meta") or {}).get("run_id")
+        first_epoch[0] = int(state["loop"]["epoch"])
+        history = state["loop"].get("history") or []
+        del state
+    tracking.check_store()
+
+    # 2. side effects: the folder, its lock (one job per folder), the status file, the MLflow run
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "train-classifier").acquire()
     status = StatusFile(out, kind="train-classifier", out=str(out), state="starting", message="loading", epoch=0,
                         epochs=config.epochs, eta_s=None, img_per_s=None, metrics={}, best_epoch=0, run_id=None,
                         checkpoint=None, model=None, test=None, config=config.to_dict())
-    status.update(force=True)
-    counts = splits.counts()
-    log(f"train-classifier {config.model} at {config.input_size} px on {ds.id}: "
-        + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
-        + f" images, {len(splits.class_names)} classes, batch {config.batch_size}, up to {config.epochs} epochs -> {out}")
-    for note in splits.notes:
-        log(f"  note: {note}")
 
     def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        status.update(force=True)
+        counts = splits.counts()
+        log(f"train-classifier {config.model} at {config.input_size} px on {ds.id}: "
+            + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
+            + f" images, {len(splits.class_names)} classes, batch {config.batch_size}, up to {config.epochs} epochs "
+              f"-> {out}")
+        for note in splits.notes:
+            log(f"  note: {note}")
         params = {**config.to_dict(), "data": str(ds.root), "classes": json.dumps(splits.class_names),
                   "n_train": len(splits.train[1]), "n_val": len(splits.val[1]), "n_test": len(splits.test[1]),
                   "input_size": config.input_size, "out": str(out), "world_size": ctx.world_size}
@@ -149,9 +172,14 @@ def cmd_train_classifier(args) -> dict:
             log(f"  tracking: {message}")
             status.update(force=True, warning=None if "reachable again" in message else message)
 
-        with start_run("classifier", params, dataset=ds, tags=tags, on_error=tracking_trouble,
-                       run_name=f"{config.model} {config.input_size}px s{config.seed}"
-                                + (" shuffled labels" if config.shuffle_labels else "")) as run:
+        with tracking.continue_run(resume_from, "classifier", params, dataset=ds, tags=tags, on_error=tracking_trouble,
+                                   run_name=f"{config.model} {config.input_size}px s{config.seed}"
+                                            + (" shuffled labels" if config.shuffle_labels else "")) as run:
+            if resume_from:
+                log(f"  resume: {run.note}")
+            for past in history:   # epochs the checkpoint holds but the run lacks (killed before it logged them)
+                run.log_metrics({k: v for k, v in past.items() if k != "epoch" and math.isfinite(v)}, past["epoch"])
+            lock.note(run_id=run.run_id)
             status.update(force=True, state="running", message="training", run_id=run.run_id)
             t_start = time.monotonic()
 
@@ -166,11 +194,10 @@ def cmd_train_classifier(args) -> dict:
                     f"{metrics['train_acc']:.3f}  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
                     f"macro-F1 {metrics['val_macro_f1']:.3f}  {metrics['img_per_s']:.0f} img/s")
 
-            first_epoch = [0]
-            if job["resume"] and (out / CHECKPOINT_FILE).is_file():
-                first_epoch[0] = int(load_checkpoint(out / CHECKPOINT_FILE)["loop"]["epoch"])
             result = train_classifier(config, splits.train, splits.val, splits.test, splits.class_names,
-                                      on_epoch=on_epoch, checkpoint_dir=out, resume=bool(job["resume"]))
+                                      on_epoch=on_epoch, checkpoint_dir=out, resume=bool(job["resume"]),
+                                      meta={"run_id": run.run_id, "dataset_id": ds.id,
+                                            "dataset_hash": ds.content_hash, "data": str(ds.root)})
             for note in result.notes:
                 log(f"  note: {note}")
             m = result.metrics
@@ -186,25 +213,26 @@ def cmd_train_classifier(args) -> dict:
                 if result.model_path and result.model_path.stat().st_size < 200 * 2**20:
                     run.log_artifact(result.model_path, "model")
             run.set_tags({"medaug.classifier.state": result.state,
-                                   "medaug.classifier.best_epoch": result.best_epoch,
-                                   "medaug.classifier.precision": result.precision})
+                          "medaug.classifier.best_epoch": result.best_epoch,
+                          "medaug.classifier.precision": result.precision})
             if result.state == "diverged":
-                status.update(force=True, state="diverged", message=result.message)
+                status.end("diverged", result.message)
                 raise ValueError(result.message)
+        distributed.shutdown()
+        test = {k: m[k] for k in SUMMARY_METRICS} if m else None
+        status.end(result.state, result.message, eta_s=0.0, best_epoch=result.best_epoch,
+                   model=str(result.model_path) if result.model_path else None, test=_finite(test))
     except KeyboardInterrupt:
-        status.update(force=True, state="cancelled", message="cancelled")
+        status.end("cancelled", "cancelled")
         raise ValueError(f"train-classifier cancelled at epoch {status.fields['epoch']}; "
                          f"continue with --resume --out {out}.") from None
     except BaseException as e:
         if status.fields.get("state") not in ("diverged",):
-            status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+            status.end("failed", error_text(e))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    distributed.shutdown()
-    test = {k: m[k] for k in SUMMARY_METRICS} if m else None
-    status.update(force=True, state=result.state, message=result.message, eta_s=0.0, best_epoch=result.best_epoch,
-                  model=str(result.model_path) if result.model_path else None, test=_finite(test))
+        lock.release()   # held until the outcome is on disk
     log(f"{result.message} {result.images_per_s} img/s ({result.precision}, {result.device}).")
     if m:
         log("  test: " + "  ".join(f"{k} {m[k]:.3f} [{m['ci'][k][0]:.3f}, {m['ci'][k][1]:.3f}]" if m.get("ci")

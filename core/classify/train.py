@@ -297,6 +297,38 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def _train_val(config: ClassifierConfig, train, val, num_classes: int):
+    """(train_x, train_y, val_x, val_y) tensors as the trainer sees them (the control's labels shuffled)."""
+    train_x, train_y = _as_split(train, "train", num_classes, config.input_size)
+    val_x, val_y = _as_split(val, "val", num_classes, config.input_size)
+    if len(train_y) < 2:
+        raise ValueError(f"train: {len(train_y)} image(s); a classifier needs at least 2 training images.")
+    if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal, and
+        # model selection sees none either (choosing the epoch on true val labels is itself a weak learner)
+        train_y = shuffled_labels(train_y, config.seed + 104_729)
+        val_y = shuffled_labels(val_y, config.seed + 130_363)
+    return train_x, train_y, val_x, val_y
+
+
+def training_fingerprint(config: ClassifierConfig, train, val, class_names) -> str:
+    """The fingerprint a :class:`ClassifierTrainer` would give these splits (see :func:`check_resume`)."""
+    return data_fingerprint(*_train_val(config, train, val, len(class_names)))
+
+
+def check_resume(state: dict, config: ClassifierConfig, fingerprint: str, class_names, where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` can continue with ``config`` on this data
+    (only :data:`RESUMABLE_FIELDS` may change). The CLI calls it before any side effect."""
+    old, new = state["config"], config.to_dict()
+    changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
+                              f"use the checkpoint's settings or a new output folder.")
+    if state.get("fingerprint") != fingerprint or state.get("class_names") != [str(c) for c in class_names]:
+        raise CheckpointError(f"{where}: the training/validation data or classes differ from the ones this "
+                              f"checkpoint was trained on; resume on the same data or start a new folder.")
+
+
 # --- the trainer ---------------------------------------------------------------------------
 
 class ClassifierTrainer:
@@ -320,14 +352,7 @@ class ClassifierTrainer:
         if threads:
             torch.set_num_threads(threads)
 
-        train_x, train_y = _as_split(train, "train", k, self.size)
-        val_x, val_y = _as_split(val, "val", k, self.size)
-        if len(train_y) < 2:
-            raise ValueError(f"train: {len(train_y)} image(s); a classifier needs at least 2 training images.")
-        if config.shuffle_labels:   # the control: same images and class counts, labels carry no signal, and
-            # model selection sees none either (choosing the epoch on true val labels is itself a weak learner)
-            train_y = shuffled_labels(train_y, config.seed + 104_729)
-            val_y = shuffled_labels(val_y, config.seed + 130_363)
+        train_x, train_y, val_x, val_y = _train_val(config, train, val, k)
         self.fingerprint = data_fingerprint(train_x, train_y, val_x, val_y)
         # per-dataset normalisation from the training pixels (float64: exact and order-free)
         px = train_x.double()
@@ -462,15 +487,7 @@ class ClassifierTrainer:
 
     def load_state_dict(self, state: dict, where: str) -> dict:
         """Restore model, optimiser, RNG and step; returns the loop state (epoch, history, best, ...)."""
-        old, new = state["config"], self.config.to_dict()
-        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-            raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
-                                  f"use the checkpoint's settings or a new output folder.")
-        if state.get("fingerprint") != self.fingerprint or state.get("class_names") != self.class_names:
-            raise CheckpointError(f"{where}: the training/validation data or classes differ from the ones this "
-                                  f"checkpoint was trained on; resume on the same data or start a new folder.")
+        check_resume(state, self.config, self.fingerprint, self.class_names, where)
         try:
             self.net.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -530,7 +547,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
 def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
                      on_epoch: EpochCallback | None = None, on_step: StepCallback | None = None,
                      checkpoint_dir: str | Path | None = None, resume: bool = False,
-                     should_stop: Callable[[], bool] | None = None) -> ClassifierResult:
+                     should_stop: Callable[[], bool] | None = None, meta: Mapping | None = None) -> ClassifierResult:
     """Train ``config.model`` on ``train``, select on ``val``, evaluate on ``test``.
 
     - ``train``/``val``/``test``: ``(uint8 images (N, H, W), class indices (N,))``.
@@ -539,7 +556,8 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
     - ``on_step(step, {"train_loss_step": ...})`` every ``log_every`` steps (one host sync each).
     - ``checkpoint_dir``: an atomic ``checkpoint.pt`` every epoch, and ``model.pt`` (the tested
       weights, :func:`load_trained`) at the end. ``resume=True`` continues from the checkpoint;
-      on a CPU the result equals an uninterrupted run.
+      on a CPU the result equals an uninterrupted run. ``meta`` (e.g. the MLflow run id) is stored
+      in each checkpoint, so a resumed job continues the same run.
     - ``should_stop()`` is polled every step; True ends the run at once (state "stopped"; the last
       checkpoint stays, so ``resume`` continues from the last finished epoch). The best weights so
       far are still tested, so a stopped run reports metrics, marked by its state.
@@ -608,7 +626,7 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
                                              f"{config.patience} epochs (best {loop['best_score']:.3f} at epoch "
                                              f"{loop['best_epoch']})."))
         if ckpt is not None and trainer.main_process:
-            save_checkpoint(ckpt, trainer.state_dict(loop))
+            save_checkpoint(ckpt, {**trainer.state_dict(loop), "meta": dict(meta or {})})
         if on_epoch is not None and trainer.main_process:
             on_epoch(epoch, dict(metrics))
         if loop["done"] is None and config.max_seconds and distributed.agree(
