@@ -45,21 +45,44 @@ def config_from_args(args):
     return QualityConfig(**{**fields, "synthetic": tuple(fields.get("synthetic") or ())}), out
 
 
+def check_inputs(cfg) -> None:
+    """Each --synthetic is a dataset folder or a checkpoint and --epochs-of holds epoch grids: checked
+    before anything is written (the sets themselves load inside the run)."""
+    from core.data.datasets import META_FILE
+    from core.quality.evaluate import checkpoint_file
+
+    for spec in cfg.synthetic:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ValueError(f"--synthetic {spec}: no such file or folder; give a synthetic dataset folder, a "
+                             f"checkpoint.pt or a train-gan output folder.")
+        if not (path.is_dir() and (path / META_FILE).is_file()) and checkpoint_file(path) is None:
+            raise ValueError(f"--synthetic {spec}: neither a dataset folder (no {META_FILE}) nor a GAN checkpoint "
+                             f"(checkpoint.pt).")
+    if cfg.epochs_of and not any((Path(cfg.epochs_of).expanduser() / "grids").glob("epoch_*.png")):
+        raise ValueError(f"--epochs-of {cfg.epochs_of}: no grids/epoch_*.png here; give a train-gan output folder.")
+
+
 def cmd_quality(args) -> dict:
+    from core.cli import error_text
     from core.data.datasets import load_dataset
-    from core.jobs import write_json_atomic
+    from core.jobs import FolderLock, process_identity, write_json_atomic, write_json_final
     from core.quality.evaluate import evaluate
     from core.quality.report import PAIRS_DIR, REPORT_FILES, load_report
-    from core.tracking import start_run
+    from core.tracking import check_store, start_run
     from core.workspace import workspace_dir
 
+    # validate (inputs there, dataset loadable, store reachable) before the first side effect
     cfg, out = config_from_args(args)
+    check_inputs(cfg)
+    ds = load_dataset(cfg.real)
+    check_store()
     out = Path(out).expanduser() if out else workspace_dir("quality") / "reports" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.real)
+    lock = FolderLock(out, "quality").acquire()   # one job per report folder
     status_path = out / "status.json"
-    status = {"kind": "quality", "state": "running", "step": 0, "total_steps": 1, "message": "starting"}
-    write_json_atomic(status_path, status)
+    status = {"kind": "quality", "state": "running", "step": 0, "total_steps": 1, "message": "starting",
+              **process_identity()}
     last = [0.0]
 
     def on_progress(done: int, total: int, message: str) -> None:
@@ -72,9 +95,11 @@ def cmd_quality(args) -> dict:
     log(f"quality: {len(cfg.synthetic)} synthetic set(s){' + epochs of ' + cfg.epochs_of if cfg.epochs_of else ''} "
         f"against {ds.id} train split, extractor {cfg.extractor} -> {out}")
     try:
+        write_json_atomic(status_path, status)
         with start_run("quality", cfg, dataset=ds, run_name=f"quality · {len(cfg.synthetic)} set(s)",
                        tags={"medaug.quality.extractor": cfg.extractor, "medaug.out": str(out)}) as run:
             status["run_id"] = run.run_id
+            lock.note(run_id=run.run_id)
             summary = evaluate(cfg, out, on_progress=on_progress)
             for row in summary["sets"]:
                 key = metric_key(row["set"])
@@ -94,10 +119,12 @@ def cmd_quality(args) -> dict:
                     run.log_artifact(out / name, "quality")
             if any((out / PAIRS_DIR).iterdir()):
                 run.client.log_artifacts(run.run_id, str(out / PAIRS_DIR), f"quality/{PAIRS_DIR}")
+        write_json_final(status_path, {**status, "state": "finished", "message": "done", "step": status["total_steps"]})
     except BaseException as e:
-        write_json_atomic(status_path, {**status, "state": "failed", "message": f"{type(e).__name__}: {e}"})
+        write_json_final(status_path, {**status, "state": "failed", "message": error_text(e)})
         raise
-    write_json_atomic(status_path, {**status, "state": "finished", "message": "done", "step": status["total_steps"]})
+    finally:
+        lock.release()
     for row in summary["sets"]:
         log(f"  {row['set']}: FID {row['fid']:.3g} [{row['fid_lo']:.3g}, {row['fid_hi']:.3g}]  KID {row['kid']:.3g}  "
             f"precision {row['precision']:.2f}  recall {row['recall']:.2f}  SSIM {row['mean_ssim']:.3f}  "

@@ -52,9 +52,12 @@ def study_fields(args) -> tuple[dict, dict]:
 
 
 def cmd_study(args) -> dict:
+    from core.cli import error_text
     from core.gan.commands import StatusFile
+    from core.jobs import FolderLock
     from core.study.grid import StudyConfig, preset
-    from core.study.run import run_study
+    from core.study.run import check_study, run_study
+    from core.tracking import check_store
     from core.workspace import workspace_dir
 
     job, fields = study_fields(args)
@@ -71,26 +74,30 @@ def cmd_study(args) -> dict:
         data = str(ensure_default_dataset().root)
         log(f"no --data: using the built-in phantom at {data}")
     out = Path(job["out"] or workspace_dir("studies") / f"{name}-{config.key()}").expanduser().resolve()
+    check_study(data, config, out, bool(job["resume"]))   # before out, its status file or a run exist
+    check_store()
     out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "study").acquire()   # one study per folder (run-cell workers share it on purpose)
     status = StatusFile(out, kind="study", out=str(out), state="starting", message="starting", cells_done=0,
                         cells_total=None, eta_s=None, run_id=None, preset=name, config=config.to_dict())
-    status.update(force=True)
 
     def on_sigterm(signum, frame):   # a job runner's cancel: runs end KILLED, status cancelled
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        status.update(force=True)
         summary = run_study(data, config, out, resume=bool(job["resume"]), plan_only=bool(job["plan_only"]), log=log,
                             status=status)
     except KeyboardInterrupt:
-        status.update(force=True, state="cancelled", message="cancelled")
+        status.end("cancelled", "cancelled")
         raise ValueError(f"study cancelled after {status.fields.get('cells_done')} cells; continue with "
                          f"`python -m core study --resume --out {out}` and the same options.") from None
     except BaseException as e:
-        status.update(force=True, state="failed", message=f"{type(e).__name__}: {e}")
+        status.end("failed", error_text(e))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        lock.release()
     return {"preset": name, **summary, "status": str(status.path)}
 
 

@@ -227,25 +227,20 @@ def _json_default(v):
 
 # --- the whole study ----------------------------------------------------------------------------
 
-def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume: bool = False,
-              plan_only: bool = False, log: Log = print, status=None) -> dict:
-    """Run every pending cell of ``config`` on ``data`` in this process (or, with ``plan_only``,
-    write their job specs), then rebuild the results table from MLflow. ``status``: an object
-    with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
-    from core import tracking
-    from core.jobs import write_json_atomic
-    from core.study.results import collect_cells, results_table, table_text, write_results
-
-    check_networks(config)
+def check_study(data: str | Path, config: StudyConfig, out: str | Path, resume: bool = False):
+    """(dataset, study.json of ``out`` or None) once everything a study needs is checked: networks,
+    given GAN checkpoints, the device, the dataset, and ``out`` (a new study, or the same one to
+    resume). Writes nothing, so the CLI calls it before creating ``out`` or its status file."""
+    from core.gan.train import resolve_device
     from core.study.sets import resolve_checkpoint
 
+    check_networks(config)
     for variant in config.gan_variants():   # given GAN checkpoints: fail before any training
         if variant in config.gan_checkpoints:
             resolve_checkpoint(config.gan_checkpoints[variant])
+    resolve_device(config.device)
     ds = load_data(data)
     out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    status = status or _NoStatus()
     existing = read_study_file(out)
     if existing and not resume:
         raise ValueError(f"{out}: already holds study run {existing['study_run_id']}; pass --resume to continue it, "
@@ -255,6 +250,22 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     if existing and existing["study_key"] != config.key():
         raise ValueError(f"{out}: holds a study with other settings (key {existing['study_key']}, this one "
                          f"{config.key()}); resume it with the same preset and options, or choose another --out.")
+    return ds, existing
+
+
+def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume: bool = False,
+              plan_only: bool = False, log: Log = print, status=None) -> dict:
+    """Run every pending cell of ``config`` on ``data`` in this process (or, with ``plan_only``,
+    write their job specs), then rebuild the results table from MLflow. ``status``: an object
+    with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
+    from core import tracking
+    from core.jobs import write_json_atomic
+    from core.study.results import collect_cells, results_table, table_text, write_results
+
+    ds, existing = check_study(data, config, out, resume)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    status = status or _NoStatus()
     status.update(force=True, state="running", message="loading the dataset", out=str(out))
     splits = open_splits(ds, config, log)
     if existing and existing["test_hash"] != splits.test_hash:

@@ -17,18 +17,17 @@ Validation and test images are never passed to any of these functions.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from core.jobs import file_lock
 from core.study.grid import AUG_SETS, AugSet, StudyConfig
 
 REAL_SOURCES_EXCLUDED = ("classic:", "gan:")
@@ -132,17 +131,6 @@ def classic_copies(images: np.ndarray, aug: AugSet, seed: int, copies: int = 1) 
 
 
 # --- GAN sets ---------------------------------------------------------------------------------
-
-@contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def gan_config(config: StudyConfig, variant: str, splits: Splits, n_train: int):
     from core.gan.train import GanConfig
