@@ -494,7 +494,7 @@ def why_not_continue(run_id: str) -> str | None:
     except Exception as e:  # noqa: BLE001 (MlflowException, a server error: it is not there)
         return f"it is not in the store {tracking_uri()}: {type(e).__name__}"
     if r.info.lifecycle_stage == "deleted":
-        return "it was deleted (it is in the trash)"
+        return "it was deleted and is in the trash"
     tags = r.data.tags
     me = process_identity()
     if (r.info.status == "RUNNING" and tags.get(TAG_HOST) == me["host"] and tags.get(TAG_PID) != str(me["pid"])
