@@ -5,8 +5,10 @@
 - single-label mode: images with at most one distinct label (one lesion type, or a normal);
   images with several lesion types are left out and counted in the notes;
 - images the cache could not read are left out (counted);
-- synthetic images (source ``gan:...`` / ``classic:...``) never enter val or test: a row of that
-  kind in those splits is an error, since the test split must stay untouched;
+- only real rows (:func:`core.data.manifest.real_rows`): synthetic images (source ``gan:...`` /
+  ``classic:...`` / ``diffusion:...``) never enter train, val or test here (a row of that kind in val or
+  test is an error, since the test split must stay untouched; in train it is left out and counted:
+  augmentation sets are compared by the study, which adds them to the real training array itself);
 - ``classes`` picks a subset (others are dropped); by default every class with an image.
 
 pandas is imported inside the function (core.classify itself needs only torch and numpy).
@@ -17,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-SYNTHETIC_PREFIXES = ("gan:", "classic:")
-
 
 @dataclass
 class ClassifierSplits:
@@ -57,14 +56,19 @@ def classifier_splits(ds, size: int, classes: list[str] | None = None,
     single = distinct <= 1
     if (~single).any():
         notes.append(f"single-label mode: left out {int((~single).sum())} image(s) with several lesion types.")
-    source = df["source"].astype(str).to_numpy()
-    synthetic = np.array([s.startswith(SYNTHETIC_PREFIXES) for s in source])
+    from core.data.manifest import real_rows
+
+    synthetic = ~real_rows(df)
     held_out = (df["split"] != "train").to_numpy() & synthetic
     if held_out.any():
         raise ValueError(f"{ds.root}: {int(held_out.sum())} synthetic/augmented image(s) are in the val or test split "
                          f"(e.g. {df['image_id'][held_out].iloc[0]}); augmented images may only be in train. "
                          f"Rebuild the set so that val and test hold real images only.")
-    wanted = df["label"].isin(classes).to_numpy() if classes else np.ones(len(df), bool)
+    if synthetic.any():
+        notes.append(f"left out {int(synthetic.sum())} synthetic/augmented training image(s): the classifier trains "
+                     f"on real images (compare augmentation sets with the study).")
+    wanted = df["label"].isin(classes).to_numpy().copy() if classes else np.ones(len(df), bool)
+    wanted &= ~synthetic
     cache = pixel_cache(ds, size, on_progress=on_progress)
     unreadable = wanted & single & ~cache.ok
     if unreadable.any():

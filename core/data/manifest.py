@@ -31,6 +31,22 @@ COLUMNS = ("image_id", "path", "split", "label", "labels", "boxes", "study_id", 
 SPLITS = ("train", "val", "test")
 _JSON_COLUMNS = ("labels", "boxes")
 _BOX_KEYS = ("label", "xmin", "ymin", "xmax", "ymax")
+# sources that a generator made (classic augmentation, GANs, diffusion): everything else is real.
+# The ONE definition of "real": generators, the quality reference, the domain encoder, classifiers and
+# the study all use is_real_source / real_rows, and nothing keeps a copy of this list.
+GENERATOR_PREFIXES = ("classic:", "gan:", "diffusion:")
+
+
+def is_real_source(source) -> bool:
+    """True when a manifest ``source`` names real images (not ``classic:``, ``gan:`` or ``diffusion:``)."""
+    return not str(source).startswith(GENERATOR_PREFIXES)
+
+
+def real_rows(df: pd.DataFrame):
+    """Boolean numpy mask (writable) of the manifest's real rows (:func:`is_real_source`)."""
+    import numpy as np
+
+    return np.array([is_real_source(s) for s in df["source"]], dtype=bool) if len(df) else np.zeros(0, bool)
 
 
 class ManifestError(ValueError):

@@ -95,9 +95,11 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
     import numpy as np
 
     from core.data.cache import pixel_cache
+    from core.data.manifest import real_rows
 
     df = ds.manifest
     train = (df["split"] == "train").to_numpy().copy()  # pandas 3 returns read-only views
+    train &= real_rows(df)                               # a GAN learns from real images only
     if class_name is not None:
         if class_name not in ds.classes:
             raise ValueError(f"--class {class_name!r}: not a class of {ds.root}; its classes are "

@@ -239,11 +239,13 @@ class RealSet:
 def real_train(ds, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from core.data.cache import pixel_cache
 
+    from core.data.manifest import real_rows
+
     cache = pixel_cache(ds, size)
     df = ds.manifest
-    rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & cache.ok)
+    rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & real_rows(df) & cache.ok)
     if len(rows) < 2:
-        raise ValueError(f"{ds.root}: fewer than 2 readable training images; the real reference set is empty.")
+        raise ValueError(f"{ds.root}: fewer than 2 readable real training images; the real reference set is empty.")
     return np.asarray(cache.array[rows]), df["label"].to_numpy()[rows].astype(str), df["image_id"].to_numpy()[rows].tolist()
 
 

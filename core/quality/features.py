@@ -143,9 +143,11 @@ def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
         if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
             state = None
     if state is None:
+        from core.data.manifest import real_rows
+
         cache = pixel_cache(ds, size)
         df = ds.manifest
-        rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & cache.ok)
+        rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & real_rows(df) & cache.ok)
         labels = df["label"].to_numpy()[rows]
         classes = [c for c in ds.classes if c in set(labels)]
         if len(classes) < 2:
