@@ -63,23 +63,47 @@ _GAN_NAMES = {"loss_d": "D loss", "loss_g": "G loss", "wasserstein": "Wasserstei
               "d_fake_g": "D(G(z)) at G step"}
 
 
+FIDELITY_KEY = "fidelity_kid"   # the fidelity check's KID (mean over classes); per class: fidelity_kid/<class>
+
+
 def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None):
-    """Two panels of a GAN run's curves from a long (key, step, value) table: the losses and
-    the Wasserstein estimate on top, D's outputs below. x is the generator step (or epoch)."""
+    """A GAN run's curves from a long (key, step, value) table: the losses and the Wasserstein
+    estimate on top, D's outputs below, and, when the run checked its fidelity, a third panel with
+    the KID curve (thick: mean over classes; thin: each class) and its best checkpoint marked.
+    x is the generator step (or epoch)."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("Losses", "Discriminator / critic outputs"))
+    fidelity = history[history["key"].astype(str).str.startswith(FIDELITY_KEY)]
+    titles = ["Losses", "Discriminator / critic outputs"]
+    if not fidelity.empty:
+        titles.append("Fidelity: KID on domain features vs the real train split (lower is better)")
+    rows = len(titles)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles)
+
+    def xs(steps):
+        return steps / steps_per_epoch if steps_per_epoch else steps
+
     for row, keys in ((1, GAN_LOSS_KEYS), (2, GAN_OUTPUT_KEYS)):
         for key in keys:
             h = history[history["key"] == key]
             if h.empty:
                 continue
-            x = h["step"] / steps_per_epoch if steps_per_epoch else h["step"]
-            fig.add_scatter(x=x, y=h["value"], mode="lines", name=_GAN_NAMES[key], row=row, col=1,
+            fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines", name=_GAN_NAMES[key], row=row, col=1,
                             line=dict(width=3 if key == "wasserstein" else 1.6))
-    fig.update_xaxes(title_text="epoch" if steps_per_epoch else "generator step", row=2, col=1)
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15))
+    if not fidelity.empty:
+        for key in sorted(set(fidelity["key"]) - {FIDELITY_KEY}):   # per class, thin
+            h = fidelity[fidelity["key"] == key].sort_values("step")
+            fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines", name=f"KID {key.split('/', 1)[-1]}",
+                            row=3, col=1, line=dict(width=1), opacity=0.5, legendgroup="kid_classes")
+        h = fidelity[fidelity["key"] == FIDELITY_KEY].sort_values("step")
+        if not h.empty:
+            fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines+markers", name="KID (mean over classes)",
+                            row=3, col=1, line=dict(width=3, color="#000000"))
+            best = h.loc[h["value"].idxmin()]
+            fig.add_scatter(x=[xs(best["step"])], y=[best["value"]], mode="markers", name="best checkpoint",
+                            row=3, col=1, marker=dict(symbol="star", size=14, color="#D55E00"))
+    fig.update_xaxes(title_text="epoch" if steps_per_epoch else "generator step", row=rows, col=1)
+    fig.update_layout(height=260 * rows, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15))
     return fig
 
 

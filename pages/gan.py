@@ -55,10 +55,20 @@ def train_form() -> None:
                                       "much faster on a CPU.")
         device = a5.selectbox("Device", ["auto", "cpu", "cuda"], key="gan_device",
                               help="auto: the GPU if there is one (bf16 autocast), else the CPU.")
+        f1, f2 = st.columns(2)
+        two_classes = sum(n > 0 for n in train_counts.values()) >= 2   # the check's encoder is a classifier
+        fid_every = f1.number_input("Fidelity check every N steps (0: off)", 0, 100_000, 50 if two_classes else 0,
+                                    key="gan_fid_every", disabled=not two_classes,
+                                    help="KID against the real train split on domain features; the lowest-KID "
+                                         "checkpoint is kept (best.pt) and measured at the end (precision, recall).")
+        fid_patience = f2.number_input("Stop after N checks without a better KID (0: never)", 0, 10_000, 6,
+                                       key="gan_fid_patience")
     fields = {"variant": variant, "resolution": int(resolution), "batch": int(batch), "epochs": int(epochs),
               "diffaug": diffaug, "lr": float(lr), "n_critic": int(n_critic), "seed": int(seed), "device": device,
               "width": int(width),
-              "conditional": mode != "One class"}
+              "conditional": mode != "One class",
+              "fidelity_every": int(fid_every) or None,
+              "fidelity_patience": (int(fid_patience) or None) if fid_every else None}
     try:
         GanConfig.from_dict(fields)
     except ValueError as e:
@@ -106,6 +116,15 @@ def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
         curves.caption("No metrics logged yet.")
     else:
         curves.plotly_chart(gan_curves_figure(history, spe), key=f"gan_curves_{where}_{run_id}")
+    quality = status.get("quality")
+    if quality:
+        text = (f"Best checkpoint (step {quality['best_step']}, {quality['checks']} checks): KID {quality['kid']:.3g}, "
+                f"precision {quality['precision']:.2f} [{quality['precision_lo']:.2f}, {quality['precision_hi']:.2f}], "
+                f"recall {quality['recall']:.2f}. {quality['reason']}.")
+        (curves.success if quality.get("usable") else curves.warning)(text)
+    elif status.get("fidelity"):
+        f = status["fidelity"]
+        curves.caption(f"Fidelity check {f['checks']}: best KID {f['best_kid']:.3g} at step {f['best_step']}.")
     grids = grids_of(job, run_id)
     with grid:
         if not grids:
@@ -162,11 +181,13 @@ def checkpoints() -> dict[str, str]:
     """Finished GAN jobs with a checkpoint: label -> checkpoint path."""
     out = {}
     for j in jobs.list_jobs():
-        ckpt = j.status.get("checkpoint")
+        ckpt = j.status.get("best_checkpoint") or j.status.get("checkpoint")   # the lowest-KID one when checked
         if j.command == "train-gan" and j.state == "finished" and ckpt and Path(ckpt).is_file():
             cfg = j.status.get("config", {})
             who = "conditional" if cfg.get("conditional") else cfg.get("class_name") or "?"
-            out[f"{j.label} ({j.id})"] = (who, ckpt)
+            q = j.status.get("quality") or {}
+            flag = "" if not q else " · usable" if q.get("usable") else " · NOT usable (low precision)"
+            out[f"{j.label} ({j.id}){flag}"] = (who, ckpt)
     return out
 
 

@@ -10,7 +10,17 @@ as a tag) and keeps ``<out>/status.json`` current for pages and job runners:
      "steps_per_epoch": int, "eta_s": float|null, "img_per_s": float|null,
      "losses": {"loss_d": .., "loss_g": .., "d_real": .., "d_fake": .., ...}, "run_id": str|null,
      "checkpoint": str|null, "grid": str|null (latest epoch grid PNG), "out": str,
-     "config": {GanConfig fields}, "started": iso, "updated": iso}
+     "config": {GanConfig fields}, "started": iso, "updated": iso,
+     "fidelity": {"curve": [[step, kid], ...], "best_kid", "best_step", "checks"} | null,
+     "best_checkpoint": str|null, "quality": {quality.json} | null}
+
+With ``--fidelity-every N`` (and ``--fidelity-patience K``) the run checks its fidelity every N
+steps (KID on the domain encoder's features against the REAL train split, per class:
+:mod:`core.quality.fidelity`), keeps the lowest-KID checkpoint as ``<out>/best.pt``, logs the
+curve as the MLflow metric ``fidelity_kid`` (and ``fidelity_kid/<class>``), stops after K checks
+without improvement, and at the end measures best.pt (KID, FID, precision, recall with 95%
+intervals) into ``<out>/quality.json``, the run's ``gen_*`` metrics and the tag
+``medaug.gan.usable``.
 
 It is rewritten atomically (temp file + rename) at most every 2 s, and at every epoch and
 state change. A terminal state is written even on a full disk (in place:
@@ -140,6 +150,7 @@ def job_fields(args) -> dict:
 def cmd_train_gan(args) -> dict:
     from core import distributed, tracking
     from core.data.datasets import load_dataset
+    from core.data.manifest import real_rows
     from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
                                 resolve_device, train_gan, training_fingerprint)
     from core.jobs import FolderLock
@@ -160,6 +171,11 @@ def cmd_train_gan(args) -> dict:
     if ctx.active and ctx.is_main:
         distributed.barrier(ctx)
     config = GanConfig.from_dict({**fields, "classes": classes, "class_name": job["class"]})
+    if config.fidelity_every and ctx.is_main:   # its domain encoder is a classifier: 2+ real classes
+        real_classes = set(ds.manifest["label"][(ds.manifest["split"] == "train").to_numpy() & real_rows(ds.manifest)])
+        if len(real_classes) < 2:
+            raise ValueError(f"--fidelity-every: {ds.root} has real training images of {len(real_classes)} class(es); "
+                             f"the fidelity check's domain encoder needs 2 or more. Drop --fidelity-every.")
     if not ctx.is_main:                 # the other ranks train silently: rank 0 logs, checkpoints, reports
         result = train_gan(images, labels, config, out, resume=bool(job["resume"]))
         distributed.shutdown()
@@ -236,8 +252,26 @@ def cmd_train_gan(args) -> dict:
 
             meta = {"run_id": run.run_id, "dataset_id": ds.id, "dataset_hash": ds.content_hash,
                     "data": str(ds.root), "class": job["class"]}
+            check, on_fidelity, ref = None, None, None
+            if config.fidelity_every:
+                from core.quality import fidelity
+
+                status.update(force=True, message="fidelity check: domain encoder and real train features")
+                ref = fidelity.dataset_reference(ds, classes, class_name=job["class"])
+                check = fidelity.fidelity_fn(ref, conditional)
+                curve = []
+
+                def on_fidelity(step: int, result: dict) -> None:
+                    run.log_metrics({("fidelity_kid" + k[3:]): v for k, v in result.items() if k.startswith("kid")}
+                                    | {"fidelity_best_kid": result["best_kid"]}, step)
+                    curve.append([step, round(result["kid"], 6)])
+                    status.update(force=True, fidelity={"curve": curve, "best_kid": round(result["best_kid"], 6),
+                                                        "best_step": result["best_step"], "checks": result["checks"]})
+                    log(f"  fidelity at step {step}: KID {result['kid']:.4g} (best {result['best_kid']:.4g} at step "
+                        f"{result['best_step']}, {result['seconds']:.1f} s)")
+                status.update(message="training")
             result = train_gan(images, labels, config, out, on_step=on_step, on_epoch=on_epoch,
-                               resume=bool(job["resume"]), meta=meta)
+                               resume=bool(job["resume"]), meta=meta, fidelity_fn=check, on_fidelity=on_fidelity)
             for note in result.notes:
                 log(f"  note: {note}")
             run.set_tags({"medaug.gan.state": result.state, "medaug.gan.cuda_graph": result.cuda_graph})
@@ -246,6 +280,23 @@ def cmd_train_gan(args) -> dict:
                 raise GanDiverged(result.message)   # the run ends FAILED, the CLI exits 2
             if result.checkpoint is not None:
                 run.log_artifact(result.checkpoint, "checkpoint")
+            quality = None
+            if result.best_checkpoint is not None and ref is not None:
+                from core.quality import fidelity
+
+                status.update(force=True, message="measuring the best checkpoint", best_checkpoint=str(result.best_checkpoint))
+                quality = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), conditional,
+                                                 best_step=result.fidelity["best_step"],
+                                                 checks=result.fidelity["checks"])
+                fidelity.write_quality(out, quality)
+                run.log_metrics(fidelity.mlflow_metrics(quality), result.fidelity["best_step"])
+                run.set_tags({"medaug.gan.usable": quality["usable"], "medaug.gan.best_step": quality["best_step"]})
+                run.log_artifact(result.best_checkpoint, "checkpoint")
+                run.log_artifact(out / fidelity.QUALITY_FILE, "quality")
+                log(f"  best checkpoint: step {quality['best_step']} of {quality['checks']} checks; KID "
+                    f"{quality['kid']:.4g}, precision {quality['precision']:.2f}, recall {quality['recall']:.2f}: "
+                    f"{'usable' if quality['usable'] else 'NOT usable'} ({quality['reason']})")
+                status.update(quality={k: v for k, v in quality.items() if k != "warnings"})
         distributed.shutdown()
         status.end("finished", result.message, step=result.step, epoch=result.epoch, eta_s=0.0,
                    img_per_s=result.img_per_s, checkpoint=str(result.checkpoint) if result.checkpoint else None)
@@ -263,16 +314,22 @@ def cmd_train_gan(args) -> dict:
         lock.release()   # held until the outcome is on disk
     log(f"{result.message} {result.img_per_s} img/s; checkpoint {result.checkpoint}")
     return {"run_id": run.run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "quality": ({k: quality[k] for k in ("kid", "precision", "recall", "usable", "best_step")}
+                        if quality else None),
             "steps": result.step, "epochs": result.epoch, "img_per_s": result.img_per_s,
             "seconds": result.seconds, "state": result.state, "out": str(out),
             "status": str(status.path), "cuda_graph": result.cuda_graph, "metrics": result.metrics}
 
 
 def cmd_generate(args) -> dict:
-    from core.gan.sample import write_synthetic_set
+    from core.gan.sample import generator_checkpoint, write_synthetic_set
 
     t0 = time.perf_counter()
-    ds = write_synthetic_set(args.checkpoint, args.n, args.out, args.class_name, args.seed, dicom=args.dicom,
+    checkpoint = generator_checkpoint(args.checkpoint)   # a run's best.pt when it has one
+    if str(checkpoint) != str(args.checkpoint):
+        log(f"Using {checkpoint} (the lowest-KID checkpoint of that run).")
+    ds = write_synthetic_set(checkpoint, args.n, args.out, args.class_name, args.seed, dicom=args.dicom,
                              append=args.append, overwrite=args.force, device=args.device,
                              on_progress=progress_printer(0.25))
     seconds = round(time.perf_counter() - t0, 2)
@@ -281,7 +338,7 @@ def cmd_generate(args) -> dict:
         f"to {ds.root} in {seconds} s; the set now holds {len(ds.manifest)} images.")
     return {"out": str(ds.root), "images": args.n, "total_images": len(ds.manifest), "classes": ds.class_counts(),
             "run_id": record["run_id"], "seed": args.seed, "source": f"gan:{record['run_id']}",
-            "dicom": args.dicom, "content_hash": ds.content_hash, "seconds": seconds}
+            "dicom": args.dicom, "content_hash": ds.content_hash, "seconds": seconds, "checkpoint": str(checkpoint)}
 
 
 def register(sub) -> None:
@@ -321,11 +378,17 @@ def register(sub) -> None:
     s.add_argument("--width", type=int, default=None, help="base channels of G and D (default 64)")
     s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     s.add_argument("--log-every", dest="log_every", type=int, default=None, help="read losses every N steps (default 10)")
+    s.add_argument("--fidelity-every", dest="fidelity_every", type=int, default=None,
+                   help="check KID against the real train split every N steps; keep the best as OUT/best.pt and "
+                        "measure it into OUT/quality.json")
+    s.add_argument("--fidelity-patience", dest="fidelity_patience", type=int, default=None,
+                   help="stop when KID has not improved for K checks (needs --fidelity-every)")
     s.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt if present")
     s.set_defaults(func=cmd_train_gan)
 
     s = sub.add_parser("generate", help="generate a synthetic dataset folder from a GAN checkpoint")
-    s.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train-gan")
+    s.add_argument("--checkpoint", required=True,
+                   help="train-gan folder or its checkpoint.pt (its best.pt is used when present), or a .pt file")
     s.add_argument("--n", type=int, required=True, help="number of images")
     s.add_argument("--class", dest="class_name", default=None,
                    help="class to generate (conditional models; default: spread over all classes)")

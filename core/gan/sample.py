@@ -37,6 +37,19 @@ class GeneratedImages:
     seed: int                   # noise seed
 
 
+def generator_checkpoint(path: str | Path) -> Path:
+    """The checkpoint to sample from: a train-gan folder or its ``checkpoint.pt`` means the run's
+    ``best.pt`` (lowest fidelity KID) when there is one, else ``checkpoint.pt`` (the last); any
+    other file is taken as given."""
+    from core.gan.train import BEST_FILE, CHECKPOINT_FILE
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent if path.name == CHECKPOINT_FILE else None
+    if folder is not None and (folder / BEST_FILE).is_file():
+        return folder / BEST_FILE
+    return folder / CHECKPOINT_FILE if path.is_dir() else path
+
+
 def checkpoint_run_id(state: dict) -> str:
     run_id = (state.get("meta") or {}).get("run_id")
     return str(run_id) if run_id else f"local-{str(state.get('data_fingerprint', 'unknown'))[:12]}"

@@ -39,14 +39,17 @@ from core.gan.models import NORMS, RESOLUTIONS, Discriminator, Generator
 from core.gan.variants import VARIANTS, Variant, gradient_penalty
 
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"        # the checkpoint with the lowest fidelity KID so far (when a fidelity check runs)
 GRIDS_DIR = "grids"
 CHECKPOINT_FORMAT = "medaug-gan-checkpoint/1"
+FIDELITY_NOISE_SEED = 7_000_003   # the fidelity check's fixed noise (apart from the training stream)
 MIN_STEPS_PER_EPOCH = 20     # tiny classes: an epoch (grid + checkpoint) still holds some training
 CUDA_GRAPH_WARMUP = 3        # eager steps on a side stream before capture (optimizer state, cuDNN plans)
 STAT_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "wasserstein", "gp")
 PRECISIONS = ("auto", "fp32", "bf16")
 # fields that may change when resuming; every other field must match the checkpoint
-RESUMABLE_FIELDS = ("epochs", "max_steps", "max_seconds", "device", "threads", "precision", "cuda_graph", "log_every", "max_abs_loss")
+RESUMABLE_FIELDS = ("epochs", "max_steps", "max_seconds", "device", "threads", "precision", "cuda_graph", "log_every",
+                    "max_abs_loss", "fidelity_every", "fidelity_patience")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class GanConfig:
     log_every: int = 10                # read the losses from the device every N steps (one sync)
     grid_size: int = 64                # fixed-noise images in each epoch's sample grid
     max_abs_loss: float = 1e4          # a loss above this in magnitude (or NaN) stops training as diverged
+    fidelity_every: int | None = None  # run the fidelity check (train_gan's fidelity_fn) every N generator steps
+                                       # and keep the lowest-KID checkpoint as best.pt; None: no check
+    fidelity_patience: int | None = None  # stop when KID has not improved for this many checks (None: never)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -122,6 +128,12 @@ class GanConfig:
             raise ValueError(f"grid_size={self.grid_size}: choose between 1 and 256 images.")
         if not self.max_abs_loss > 0:
             raise ValueError(f"max_abs_loss={self.max_abs_loss}: must be positive.")
+        if self.fidelity_every is not None and not 1 <= self.fidelity_every <= 1_000_000:
+            raise ValueError(f"fidelity_every={self.fidelity_every}: choose between 1 and 1000000 steps, or None.")
+        if self.fidelity_patience is not None and not 1 <= self.fidelity_patience <= 10_000:
+            raise ValueError(f"fidelity_patience={self.fidelity_patience}: choose between 1 and 10000 checks, or None.")
+        if self.fidelity_patience is not None and self.fidelity_every is None:
+            raise ValueError("fidelity_patience needs fidelity_every: a plateau is counted in fidelity checks.")
 
     @property
     def spec(self) -> Variant:
@@ -173,6 +185,28 @@ class GanResult:
     metrics: dict[str, float] = field(default_factory=dict)   # the last averaged metrics
     cuda_graph: bool = False        # whether the step ran as a CUDA graph
     notes: list[str] = field(default_factory=list)             # e.g. why a CUDA graph was not used
+    best_checkpoint: Path | None = None   # best.pt: the lowest-KID checkpoint (None without a fidelity check)
+    fidelity: dict = field(default_factory=dict)   # FidelityState.to_dict(): best_kid, best_step, checks, curve
+
+
+@dataclass
+class FidelityState:
+    """The fidelity check's record. It is stored in every checkpoint, so a resumed run keeps its best
+    KID, its count of checks and its curve."""
+    best_kid: float = math.inf      # lowest KID so far (the criterion: lower is better)
+    best_step: int = 0              # the step best.pt holds (0: no check yet)
+    checks: int = 0                 # checks done
+    since_best: int = 0             # checks in a row without a lower KID (the plateau counter)
+    curve: list = field(default_factory=list)   # [[step, kid], ...] of every check
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> FidelityState:
+        d = dict(d or {})
+        return cls(float(d.get("best_kid", math.inf)), int(d.get("best_step", 0)), int(d.get("checks", 0)),
+                   int(d.get("since_best", 0)), [list(p) for p in d.get("curve", [])])
 
 
 class CheckpointError(ValueError):
@@ -563,6 +597,21 @@ class GanTrainer:
     def sample_grid(self) -> np.ndarray:
         return to_grid(self.generate(self.fixed_z, self.fixed_labels), self.grid_nrow)
 
+    def sample_uint8(self, n: int, label: int | None = None, seed: int = 0, batch: int = 256) -> np.ndarray:
+        """``n`` uint8 images (n, R, R) from G in eval mode, as :func:`core.gan.sample.generate_images`
+        makes them. The noise comes from its own seeded CPU generator, so every fidelity check sees the
+        same z (checks compare like with like) and the training RNG stream is untouched (resume stays
+        exact). ``label``: the class index of a conditional G (ignored otherwise)."""
+        if self.labels is not None and label is None:
+            raise ValueError("a conditional generator needs a class index to sample.")
+        z = torch.randn(n, self.config.nz, generator=torch.Generator().manual_seed(FIDELITY_NOISE_SEED + seed))
+        y = torch.full((n,), int(label), dtype=torch.long) if self.labels is not None else None
+        out = np.empty((n, self.config.resolution, self.config.resolution), dtype=np.uint8)
+        for i in range(0, n, batch):
+            x = self.generate(z[i:i + batch], None if y is None else y[i:i + batch])
+            out[i:i + batch] = ((x[:, 0] + 1) * 127.5).nan_to_num(0.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return out
+
     # -- state ------------------------------------------------------------------------------
 
     def state_dict(self, epoch: int, meta: Mapping | None = None, metrics: Mapping | None = None) -> dict:
@@ -601,6 +650,9 @@ class GanTrainer:
 
 StepCallback = Callable[[int, dict], None]
 EpochCallback = Callable[[EpochReport], None]
+SampleFn = Callable[..., np.ndarray]              # (n, label=None, seed=0) -> uint8 (n, R, R)
+FidelityFn = Callable[[SampleFn], Mapping]        # sample -> {"kid": float, ...}; lower kid is better
+FidelityCallback = Callable[[int, dict], None]    # (step, the check's dict + best_kid, best_step, improved)
 
 
 def diverged(metrics: Mapping[str, float], limit: float) -> str | None:
@@ -615,7 +667,8 @@ def diverged(metrics: Mapping[str, float], limit: float) -> str | None:
 
 def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str | Path = ".", *,
               on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
-              resume: bool = False, meta: Mapping | None = None, trainer: GanTrainer | None = None) -> GanResult:
+              resume: bool = False, meta: Mapping | None = None, trainer: GanTrainer | None = None,
+              fidelity_fn: FidelityFn | None = None, on_fidelity: FidelityCallback | None = None) -> GanResult:
     """Train ``config.variant`` on uint8 ``images`` (N, H, W) (+ class indices ``labels`` (N,)
     for a conditional model), writing ``out_dir/checkpoint.pt`` and ``out_dir/grids/epoch_XXXX.png``
     every epoch.
@@ -626,31 +679,69 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
     - ``resume=True`` continues from ``out_dir/checkpoint.pt`` if it exists (same config apart from
       :data:`RESUMABLE_FIELDS`, same data); the result equals an uninterrupted run on the CPU.
     - ``meta`` (e.g. run id, dataset hash) is stored in each checkpoint for sampling later.
+    - ``fidelity_fn(sample)`` every ``config.fidelity_every`` steps and at the last step: ``sample(n,
+      label=None, seed=0)`` gives uint8 images from G (fixed noise); it returns ``{"kid": ..., ...}``
+      (e.g. KID on domain features, built by core.quality.fidelity so this module needs no quality
+      code). A lower KID than every earlier check writes ``out_dir/best.pt`` (atomically, the same
+      format as checkpoint.pt); ``config.fidelity_patience`` checks in a row without one stop training.
+      ``on_fidelity(step, result)`` gets each check's dict plus best_kid, best_step and improved.
+      The record (best KID, checks, curve) lives in every checkpoint, so ``resume`` keeps it.
     A NaN or runaway loss stops training and returns ``state="diverged"``; the last checkpoint
     is the last good one.
     """
     out = Path(out_dir)
     (out / GRIDS_DIR).mkdir(parents=True, exist_ok=True)
-    ckpt = out / CHECKPOINT_FILE
+    ckpt, best = out / CHECKPOINT_FILE, out / BEST_FILE
     trainer = trainer or GanTrainer(images, labels, config)
     config = trainer.config
     epoch = 0
+    main = trainer.ctx.is_main   # under torchrun only rank 0 writes grids and checkpoints and reports
+    fid = FidelityState()
     if resume and ckpt.is_file():
-        epoch = trainer.load_state_dict(load_checkpoint(ckpt, trainer.device), str(ckpt))
+        state = load_checkpoint(ckpt, trainer.device)
+        epoch = trainer.load_state_dict(state, str(ckpt))
+        fid = FidelityState.from_dict(state.get("fidelity"))
+        del state
+    elif main:
+        best.unlink(missing_ok=True)   # a fresh run: an older run's best.pt must not pass for this one's
+    # under torchrun only rank 0 has a fidelity_fn; the others still join its plateau decision
+    checking = config.fidelity_every is not None and (fidelity_fn is not None or not main)
     spe, total = trainer.steps_per_epoch, trainer.total_steps
     metrics: dict[str, float] = {}
     last_ckpt = ckpt if ckpt.is_file() and resume else None
     start_step, t0 = trainer.step, time.perf_counter()
+    check_seconds = [0.0]   # time spent in fidelity checks: not training, so left out of img/s
 
     def rate() -> float:
-        return (trainer.step - start_step) * config.batch / max(time.perf_counter() - t0, 1e-9)
+        busy = time.perf_counter() - t0 - check_seconds[0]
+        return (trainer.step - start_step) * config.batch / max(busy, 1e-9)
 
     def finish(state: str, message: str) -> GanResult:
         return GanResult(state, message, trainer.step, epoch, total, last_ckpt, round(rate(), 2),
-                         round(time.perf_counter() - t0, 3), metrics, trainer.graph is not None, trainer.notes)
+                         round(time.perf_counter() - t0, 3), metrics, trainer.graph is not None, trainer.notes,
+                         best if fid.best_step > 0 and best.is_file() else None, fid.to_dict())
+
+    def fidelity_check(step: int) -> bool:
+        """Run the check, keep best.pt, report; True when KID has plateaued (patience used up)."""
+        t = time.perf_counter()
+        result = dict(fidelity_fn(trainer.sample_uint8))
+        kid = float(result["kid"])
+        fid.checks += 1
+        fid.curve.append([step, kid])
+        improved = math.isfinite(kid) and kid < fid.best_kid
+        if improved:
+            fid.best_kid, fid.best_step, fid.since_best = kid, step, 0
+            save_checkpoint(best, {**trainer.state_dict(math.ceil(step / spe), meta, metrics),
+                                   "fidelity": fid.to_dict()})
+        else:
+            fid.since_best += 1
+        check_seconds[0] += time.perf_counter() - t
+        if on_fidelity:
+            on_fidelity(step, {**result, "best_kid": fid.best_kid, "best_step": fid.best_step, "improved": improved,
+                               "checks": fid.checks, "seconds": round(time.perf_counter() - t, 3)})
+        return config.fidelity_patience is not None and fid.since_best >= config.fidelity_patience
 
     deadline = t0 + config.max_seconds if config.max_seconds else math.inf
-    main = trainer.ctx.is_main   # under torchrun only rank 0 writes grids and checkpoints and reports
     while trainer.step < total:
         trainer.train_step()
         step = trainer.step
@@ -658,7 +749,8 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
         if config.max_seconds and trainer.ctx.active:
             out_of_time = distributed.agree(out_of_time, trainer.ctx)   # every rank stops at the same step
         end_of_epoch = step % spe == 0 or step >= total or out_of_time
-        if step % config.log_every == 0 or end_of_epoch:
+        due = checking and (step % config.fidelity_every == 0 or step >= total or out_of_time)
+        if step % config.log_every == 0 or end_of_epoch or due:
             fresh = trainer.read_stats()
             if fresh:
                 metrics = {**fresh, "img_per_s": rate()}
@@ -668,16 +760,26 @@ def train_gan(images, labels=None, config: GanConfig = GanConfig(), out_dir: str
                                               f"{last_ckpt or 'none'}; lower the learning rate or try wgan-gp.")
                 if on_step and main:
                     on_step(step, metrics)
+        plateau = False
+        if due:
+            plateau = fidelity_check(step) if main else False
+            if trainer.ctx.active:
+                plateau = distributed.agree(plateau, trainer.ctx)
+            end_of_epoch = end_of_epoch or plateau   # save where it stops, so a resume starts there
         if end_of_epoch:
             epoch = math.ceil(step / spe)
         if end_of_epoch and main:
             grid = trainer.sample_grid()
             grid_path = out / GRIDS_DIR / f"epoch_{epoch:04d}.png"
             save_png(grid, grid_path)
-            save_checkpoint(ckpt, trainer.state_dict(epoch, meta, metrics))
+            save_checkpoint(ckpt, {**trainer.state_dict(epoch, meta, metrics), "fidelity": fid.to_dict()})
             last_ckpt = ckpt
             if on_epoch:
                 on_epoch(EpochReport(epoch, step, total, grid, grid_path, ckpt, metrics))
+        if plateau:
+            return finish("finished", f"trained {trainer.step} steps ({epoch} epochs) of {config.variant} at "
+                                      f"{config.resolution} px: KID has not improved for {fid.since_best} checks "
+                                      f"(best {fid.best_kid:.4g} at step {fid.best_step}).")
         if out_of_time:
             return finish("finished", f"trained {trainer.step} steps ({epoch} epochs) of {config.variant} at "
                                       f"{config.resolution} px: the time budget of {config.max_seconds:g} s ran out.")

@@ -98,10 +98,12 @@ def _describe(info: dict) -> str:
 
 
 def checkpoint_file(path: Path) -> Path | None:
-    if path.is_file() and path.suffix == ".pt":
-        return path
-    if path.is_dir() and (path / "checkpoint.pt").is_file():
-        return path / "checkpoint.pt"
+    """A .pt file, or a train-gan folder's; a run's best.pt (lowest fidelity KID) wins over its
+    checkpoint.pt (:func:`core.gan.sample.generator_checkpoint`)."""
+    if (path.is_file() and path.suffix == ".pt") or (path.is_dir() and (path / "checkpoint.pt").is_file()):
+        from core.gan.sample import generator_checkpoint
+
+        return generator_checkpoint(path)
     return None
 
 

@@ -136,11 +136,13 @@ def gan_config(config: StudyConfig, variant: str, splits: Splits, n_train: int):
     from core.gan.train import GanConfig
 
     steps = config.gan_steps.get(variant, 200)
+    every = min(config.gan_fidelity_every, steps) if config.gan_fidelity_every else None
     present = [c for c, n in splits.train_counts().items() if n > 0]
     return GanConfig(variant=variant, resolution=config.gan_resolution, batch=max(2, min(config.gan_batch, n_train)),
-                     epochs=None, max_steps=steps, steps_per_epoch=min(steps, 100), width=config.gan_width,
-                     conditional=True, classes=tuple(present), seed=0, device=config.device,
-                     threads=config.gan_threads, log_every=min(10, steps))
+                     epochs=None, max_steps=steps, max_seconds=config.gan_max_seconds, steps_per_epoch=min(steps, 100),
+                     width=config.gan_width, conditional=True, classes=tuple(present), seed=0, device=config.device,
+                     threads=config.gan_threads, log_every=min(10, steps), fidelity_every=every,
+                     fidelity_patience=config.gan_fidelity_patience if every else None)
 
 
 def gan_dir(root: Path, config: StudyConfig, variant: str, splits: Splits) -> Path:
@@ -156,7 +158,12 @@ def gan_dir(root: Path, config: StudyConfig, variant: str, splits: Splits) -> Pa
 def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path, *, parent_run_id: str | None = None,
                    log: Log = print, on_step=None) -> Path:
     """The checkpoint of this study's ``variant`` GAN: a given one, the cached one, or trained now
-    on the TRAINING images and labels (conditional; MLflow child run of the study when given)."""
+    on the TRAINING images and labels (conditional; MLflow child run of the study when given).
+
+    With ``config.gan_fidelity_every`` the GAN checks its KID against the real training images every
+    N steps, stops on a plateau or at ``gan_max_seconds``, and the study samples its lowest-KID
+    checkpoint (best.pt); that checkpoint's quality goes to ``quality.json`` beside it
+    (:func:`gan_quality` reads it) and to the GAN's run (``gen_*`` metrics, tag ``medaug.gan.usable``)."""
     given = config.gan_checkpoints.get(variant)
     if given:
         path = resolve_checkpoint(given)
@@ -175,9 +182,34 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         log(f"  training the {variant} GAN (conditional, {len(gcfg.classes)} classes) on {len(labels)} training "
             f"images: {gcfg.max_steps} steps at {gcfg.resolution} px, width {gcfg.width} -> {folder}")
         meta = {"study_train_hash": splits.train_hash, "variant": variant}
+        ref = check = None
+        if gcfg.fidelity_every:
+            from core.quality import fidelity
 
-        def train(step_cb=None):
-            return train_gan(splits.train_x, labels, gcfg, folder, on_step=step_cb, meta=meta, resume=True)
+            encoder = fidelity.array_encoder(splits.train_x, splits.train_y, splits.class_names, splits.train_hash)
+            ref = fidelity.real_reference(encoder, splits.train_x, [splits.class_names[y] for y in splits.train_y],
+                                          gcfg.classes)
+            check = fidelity.fidelity_fn(ref, True)
+
+        def train(step_cb=None, run=None):
+            def on_fidelity(step, r):
+                if run is not None:
+                    run.log_metrics({("fidelity_kid" + k[3:]): v for k, v in r.items() if k.startswith("kid")}, step)
+            result = train_gan(splits.train_x, labels, gcfg, folder, on_step=step_cb, meta=meta, resume=True,
+                               fidelity_fn=check, on_fidelity=on_fidelity)
+            if result.state == "finished" and result.best_checkpoint is not None and ref is not None:
+                from core.quality import fidelity
+
+                q = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), True,
+                                           best_step=result.fidelity["best_step"], checks=result.fidelity["checks"])
+                fidelity.write_quality(folder, q)
+                log(f"  {variant}: best checkpoint at step {q['best_step']} ({q['checks']} checks): KID {q['kid']:.4g}, "
+                    f"precision {q['precision']:.2f}, recall {q['recall']:.2f}: "
+                    + ("usable" if q["usable"] else f"NOT USABLE ({q['reason']})"))
+                if run is not None:
+                    run.log_metrics(fidelity.mlflow_metrics(q), q["best_step"])
+                    run.set_tags({"medaug.gan.usable": q["usable"]})
+            return result
 
         if parent_run_id:
             from core.tracking import start_run
@@ -192,7 +224,7 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
                     run.log_metrics(metrics, step)
                     if on_step:
                         on_step(step, gcfg.max_steps)
-                result = train(step_cb)
+                result = train(step_cb, run)
         else:
             result = train((lambda s, m: on_step(s, gcfg.max_steps)) if on_step else None)
         if result.state != "finished" or result.checkpoint is None:
@@ -200,9 +232,23 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         log(f"  {variant}: {result.message} ({result.seconds:.0f} s, {result.img_per_s:.0f} img/s)")
         from core.jobs import write_json_atomic
 
-        write_json_atomic(done, {"checkpoint": str(result.checkpoint), "message": result.message,
-                                 "seconds": result.seconds, "run_id": meta.get("run_id")})
-        return Path(result.checkpoint)
+        chosen = result.best_checkpoint or result.checkpoint   # the lowest-KID checkpoint when checked
+        write_json_atomic(done, {"checkpoint": str(chosen), "last_checkpoint": str(result.checkpoint),
+                                 "message": result.message, "seconds": result.seconds, "run_id": meta.get("run_id"),
+                                 "fidelity": result.fidelity})
+        return Path(chosen)
+
+
+def gan_quality(variant: str, splits: Splits, config: StudyConfig, root: Path) -> dict | None:
+    """The measured quality of this study's ``variant`` GAN (its ``quality.json``: kid, fid, precision,
+    recall with ``*_lo`` / ``*_hi``, usable, reason, best_step, ...), or None when it has none (a given
+    checkpoint, no fidelity check, or not trained yet)."""
+    from core.quality.fidelity import read_quality
+
+    if config.gan_checkpoints.get(variant):
+        given = resolve_checkpoint(config.gan_checkpoints[variant])
+        return read_quality(given.parent)
+    return read_quality(gan_dir(root, config, variant, splits))
 
 
 def resolve_checkpoint(given: str) -> Path:
@@ -214,7 +260,11 @@ def resolve_checkpoint(given: str) -> Path:
         from core.tracking import download_artifact
 
         try:
-            return download_artifact(given, "checkpoint/checkpoint.pt")
+            from core.tracking import list_artifacts
+
+            names = {Path(a).name for a in list_artifacts(given, "checkpoint")}
+            # the run's lowest-KID checkpoint when it was trained with a fidelity check
+            return download_artifact(given, "checkpoint/best.pt" if "best.pt" in names else "checkpoint/checkpoint.pt")
         except Exception as e:
             raise ValueError(f"gan_checkpoints: run {given} has no checkpoint/checkpoint.pt artifact ({e}).") from e
     raise ValueError(f"gan_checkpoints: {given!r} is neither a checkpoint file nor an MLflow run id of train-gan.")
