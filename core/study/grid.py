@@ -100,6 +100,10 @@ class StudyConfig:
     gan_batch: int = 64
     gan_steps: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_GAN_STEPS))  # generator steps per
                                                  # variant; variants left out keep these defaults
+    gan_max_seconds: float | None = None         # training-time budget per GAN variant (s); gan_steps caps the steps
+    gan_fidelity_every: int | None = 25          # KID check (domain features, per class) every N generator steps; the
+                                                 # lowest-KID checkpoint is the one the study samples (None: the last)
+    gan_fidelity_patience: int | None = 6        # stop a GAN after this many checks without a lower KID (None: never)
     gan_checkpoints: Mapping[str, str] = field(default_factory=dict)  # variant -> checkpoint.pt of a given
                                                  # conditional GAN run (skips training that variant)
     combo_variant: str = "dcgan"                 # the GAN of the classic+gan set
@@ -109,10 +113,6 @@ class StudyConfig:
         for name in ("sets", "networks", "seeds"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
-    gan_max_seconds: float | None = None         # training-time budget per GAN variant (s); gan_steps caps the steps
-    gan_fidelity_every: int | None = 25          # KID check (domain features, per class) every N generator steps; the
-                                                 # lowest-KID checkpoint is the one the study samples (None: the last)
-    gan_fidelity_patience: int | None = 6        # stop a GAN after this many checks without a lower KID (None: never)
                 raise ValueError(f"{name}={value!r}: give a list.")  # noqa: TRY004 (config errors are ValueErrors)
             object.__setattr__(self, name, tuple(value))
             if not value:
@@ -153,6 +153,15 @@ class StudyConfig:
         for v in self.gan_checkpoints:
             if v not in GAN_VARIANTS:
                 raise ValueError(f"gan_checkpoints: {v!r} is not a GAN variant ({', '.join(GAN_VARIANTS)}).")
+        if self.gan_max_seconds is not None and not 1 <= self.gan_max_seconds <= 30 * 86400:
+            raise ValueError(f"gan_max_seconds={self.gan_max_seconds}: choose between 1 s and 30 days, or None.")
+        if self.gan_fidelity_every is not None and not 1 <= self.gan_fidelity_every <= 1_000_000:
+            raise ValueError(f"gan_fidelity_every={self.gan_fidelity_every}: choose between 1 and 1000000 steps, or None.")
+        if self.gan_fidelity_patience is not None and not 1 <= self.gan_fidelity_patience <= 10_000:
+            raise ValueError(f"gan_fidelity_patience={self.gan_fidelity_patience}: choose between 1 and 10000 checks, "
+                             f"or None.")
+        if self.gan_fidelity_patience is not None and self.gan_fidelity_every is None:
+            raise ValueError("gan_fidelity_patience needs gan_fidelity_every: a plateau is counted in fidelity checks.")
         if not 0 <= self.gan_cap <= 1000:
             raise ValueError(f"gan_cap={self.gan_cap}: choose between 0 and 1000 synthetic images per real one.")
         from core.balance import resolve_target
@@ -165,15 +174,6 @@ class StudyConfig:
             s = AUG_SETS[key]
             v = s.variant or (self.combo_variant if s.kind == "classic+gan" else None)
             if v and v not in out:
-        if self.gan_max_seconds is not None and not 1 <= self.gan_max_seconds <= 30 * 86400:
-            raise ValueError(f"gan_max_seconds={self.gan_max_seconds}: choose between 1 s and 30 days, or None.")
-        if self.gan_fidelity_every is not None and not 1 <= self.gan_fidelity_every <= 1_000_000:
-            raise ValueError(f"gan_fidelity_every={self.gan_fidelity_every}: choose between 1 and 1000000 steps, or None.")
-        if self.gan_fidelity_patience is not None and not 1 <= self.gan_fidelity_patience <= 10_000:
-            raise ValueError(f"gan_fidelity_patience={self.gan_fidelity_patience}: choose between 1 and 10000 checks, "
-                             f"or None.")
-        if self.gan_fidelity_patience is not None and self.gan_fidelity_every is None:
-            raise ValueError("gan_fidelity_patience needs gan_fidelity_every: a plateau is counted in fidelity checks.")
                 out.append(v)
         return tuple(out)
 
