@@ -254,9 +254,9 @@ def study_bar_figure(table: pd.DataFrame, metric: str = "macro_f1"):
         sub = sub.set_index("set_label").reindex(labels)
         color = PALETTE[(i + 5) % len(PALETTE)]
         fig.add_bar(x=labels, y=sub["mean"], name=net, marker_color=color,
-                    error_y={"type": "data", "symmetric": False, "array": (sub["ci_high"] - sub["mean"]).tolist(),
-                             "arrayminus": (sub["mean"] - sub["ci_low"]).tolist(), "thickness": 1.4, "width": 4},
-                    customdata=sub[["ci_low", "ci_high", "delta", "n"]].to_numpy(),
+                    error_y={"type": "data", "symmetric": False, "array": (sub["ci_hi"] - sub["mean"]).tolist(),
+                             "arrayminus": (sub["mean"] - sub["ci_lo"]).tolist(), "thickness": 1.4, "width": 4},
+                    customdata=sub[["ci_lo", "ci_hi", "delta", "n_seeds"]].to_numpy(),
                     hovertemplate="%{x}<br>" + net + ": %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                                   "<br>Δ vs real %{customdata[2]:+.3f} · %{customdata[3]} seed(s)<extra></extra>")
         base = sub.loc[labels[0], "mean"] if labels and labels[0] == "real only" else None

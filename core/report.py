@@ -143,6 +143,10 @@ def build_report(run_ids: Iterable[str], *, title: str | None = None, include_ch
              f"<code>{_e(tracking.tracking_uri())}</code> · report made by code "
              f"<code>{_e(tracking.code_version())}</code></p>")]
 
+    # a study opens with its answer in words
+    for _, p in table[table["run_id"].isin(parents) & (table["kind"] == "study")].iterrows():
+        body.extend(_study_answer(p["run_id"]))
+
     # runs
     body.append("<h2>Runs</h2>")
     rows = []
@@ -230,6 +234,22 @@ def build_report(run_ids: Iterable[str], *, title: str | None = None, include_ch
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
             f"<body><main>{''.join(body)}</main></body></html>")
+
+
+def _study_answer(run_id: str) -> list[str]:
+    """The study's verdict sentences (core.study.verdict) as HTML, or nothing when it has no cells."""
+    from core.study.verdict import study_answer
+
+    try:
+        answer = study_answer(run_id)
+    except Exception as e:  # noqa: BLE001 -- a report still shows the runs when the table cannot be built
+        return [f'<p class="note">The study\'s answer could not be computed: {_e(str(e))}</p>']
+    if answer["cells"].empty:
+        return []
+    items = "".join(f"<li>{_e(line)}</li>" for line in answer["verdict"])
+    return ["<h2>The study's answer</h2>", f'<ul class="verdict">{items}</ul>',
+            '<p class="note">Δ against real only, paired image by image on the shared test split; 95% bootstrap '
+            "CIs; p from a sign-flip randomization test, Holm-adjusted across the table.</p>"]
 
 
 def _has_epochs(table, curves) -> bool:

@@ -9,7 +9,7 @@ import streamlit as st
 from core import jobs, tracking
 from core.charts import classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure, study_bar_figure
 from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, StudyConfig, cells, preset
-from core.study.results import collect_cells, delta_sensitivity, results_table, wide_table
+from core.study.results import delta_sensitivity, wide_table
 from pages import ui
 
 ds = ui.setup("Classify")
@@ -181,9 +181,11 @@ def live_panel() -> None:
     live()
 
 
-@st.cache_data(show_spinner=False, ttl=5)
-def study_cells(run_id: str) -> pd.DataFrame:
-    return collect_cells(run_id)
+@st.cache_data(show_spinner="Paired tests against real only…", ttl=30)
+def study_answer(run_id: str, metric: str, per_class: bool) -> dict:
+    from core.study.verdict import study_answer as answer
+
+    return answer(run_id, metric, per_class=per_class)
 
 
 def styled(table: pd.DataFrame):
@@ -203,16 +205,18 @@ def styled(table: pd.DataFrame):
 
 def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: bool = False) -> None:
     try:
-        cells_df = study_cells(run_id)
+        answer = study_answer(run_id, metric, not compact)
     except ValueError as e:   # e.g. cells tested on different test splits
         st.error(str(e))
         return
+    cells_df, table = answer["cells"], answer["table"]
     if cells_df.empty:
         st.info("No finished cells yet.")
         return
-    table = results_table(cells_df, metric)
-    st.markdown(f"**Results: {metric}**, mean [95% CI] and Δ against real only "
-                f"({'; '.join(sorted(set(table['ci_method'])))}). Green: better than real only, orange: worse.")
+    st.markdown("**The answer**\n" + "\n".join(f"- {line}" for line in answer["verdict"]))
+    st.markdown(f"**Results: {metric}**, mean [95% CI] and paired Δ [95% CI] against real only "
+                f"({'; '.join(sorted(set(table['ci_method'])))}; Δ paired image by image, Holm across the table). "
+                f"Green: better than real only, orange: worse.")
     st.dataframe(styled(table), key=f"st_table_{where}", width="stretch")
     if compact:
         return
@@ -222,11 +226,11 @@ def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: boo
     networks = list(dict.fromkeys(cells_df["network"]))
     net = st.selectbox("Network for the per-class view", networks, key=f"st_net_{where}") if len(networks) > 1 \
         else networks[0]
-    heat = delta_sensitivity(cells_df, net)
+    heat = delta_sensitivity(cells_df, net, sensitivity=answer["sensitivity"])
     if heat.empty:
         st.caption("The per-class Δ needs a finished real-only cell and one other cell.")
     else:
-        st.plotly_chart(delta_heatmap_figure(heat, f"Δ sensitivity against real only ({net}, mean over seeds)"),
+        st.plotly_chart(delta_heatmap_figure(heat, f"Δ sensitivity against real only ({net}, paired, mean over seeds)"),
                         key=f"st_heat_{where}")
     st.markdown("**One cell**: its epoch curves and its confusion matrix on the test split")
     by_cell = {r.cell: r for r in cells_df.itertuples()}

@@ -66,6 +66,8 @@ def test_launch_a_study_and_read_its_results(page, small_phantom):
     shown = tables[-1].value
     assert list(shown.index) == ["real only", "horizontal flip"] and list(shown.columns) == ["small_cnn"]
     assert shown.loc["real only", "small_cnn"].endswith("(baseline)") and "Δ" in shown.loc["horizontal flip", "small_cnn"]
+    answer = [str(m.value) for m in at.markdown if str(m.value).startswith("**The answer**")]
+    assert answer and "horizontal flip" in answer[-1] and "macro-F1" in answer[-1]   # the verdict opens the results
     charts = at.get("plotly_chart")
     titles = " ".join(str(c.proto) for c in charts)
     assert "by augmentation set (95% CI)" in titles and "sensitivity against real only" in titles

@@ -10,6 +10,9 @@ An augmentation set names how a cell's TRAINING images are made from the trainin
     dcgan, wgan,  plus GAN images for the classes the balancing planner tops up, from a GAN of
     wgan-gp       that variant trained on the training split (once per study, shared by cells)
     classic+gan   the classic copies and the GAN images of ``combo_variant`` together
+    tstr-dcgan,   TSTR (train on synthetic, test on real): ONLY that variant's GAN images, as many per
+    tstr-wgan ... class as the real training split holds (not the planner's top-up), tested on the
+                  same real test split: the generator's utility, expected below real only
 
 No torch here: the CLI, the page and job specs read this module cheaply.
 """
@@ -31,15 +34,18 @@ DEFAULT_GAN_STEPS = {"dcgan": 150, "wgan": 60, "wgan-gp": 60}
 class AugSet:
     key: str                      # identifier in configs, MLflow tags and the CLI
     label: str                    # row label of the results table
-    kind: str                     # "real" | "classic" | "gan" | "classic+gan"
+    kind: str                     # "real" | "classic" | "gan" | "classic+gan" | "tstr"
     op: str | None = None         # registry operation (single classic operation sets)
     params: tuple = ()            # its parameters, as (name, value) pairs (hashable)
 
     @property
     def variant(self) -> str | None:
+        if self.kind == "tstr":
+            return self.key[len(TSTR_PREFIX):]
         return self.key if self.kind == "gan" else None
 
 
+TSTR_PREFIX = "tstr-"
 _OP_KEYS = {"rotate 45": "rotate45", "rotate 270": "rotate270", "horizontal flip": "hflip",
             "vertical flip": "vflip", "crop (2, 5, 500, 1000)": "crop", "zoom (crop + resize)": "zoom",
             "shear 30 degrees": "shear30"}
@@ -53,6 +59,9 @@ AUG_SETS: dict[str, AugSet] = {s.key: s for s in (
     AugSet("wgan", "WGAN synthetic", "gan"),
     AugSet("wgan-gp", "WGAN-GP synthetic", "gan"),
     AugSet("classic+gan", "classic + GAN synthetic", "classic+gan"),
+    AugSet("tstr-dcgan", "TSTR: DCGAN images only", "tstr"),
+    AugSet("tstr-wgan", "TSTR: WGAN images only", "tstr"),
+    AugSet("tstr-wgan-gp", "TSTR: WGAN-GP images only", "tstr"),
 )}
 CLASSIC_OPS = tuple(_OP_KEYS[label] for label, _, _ in STUDY_OPERATIONS)
 BASELINE = "real"
@@ -108,6 +117,9 @@ class StudyConfig:
                                                  # conditional GAN run (skips training that variant)
     combo_variant: str = "dcgan"                 # the GAN of the classic+gan set
     gan_threads: int | None = None               # CPU threads for GAN training (None: torch's default)
+    shuffle_labels: bool = False                 # the null control: every cell trains (and selects) on shuffled
+                                                 # labels, so no set can truly help; every verdict must then be
+                                                 # "no detectable difference" (anything else means a leak or a bug)
 
     def __post_init__(self):
         for name in ("sets", "networks", "seeds"):
@@ -201,11 +213,16 @@ METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "macro_auroc")
 
 def preset(name: str, **overrides) -> StudyConfig:
     """``quick``: phantom at 64 px, the small CNN, real + the 7 classic operations + DCGAN + WGAN,
-    one seed, sized to finish in under 15 minutes on 2 CPU cores. ``paper``: VGG16 and
-    Inception-v3, every set, 3 seeds, for a GPU."""
+    one seed, sized to finish in under 15 minutes on 2 CPU cores. ``standard``: the same network and
+    size with 3 seeds (so Δ is paired over seeds), every classic operation and the classic pipeline,
+    conditional DCGAN + WGAN and their TSTR rows: 13 cells per seed, 39 in all, sized to finish in
+    under 45 minutes on 2 CPU cores. ``paper``: VGG16 and Inception-v3, every set, 3 seeds, for a GPU."""
     if name == "quick":
         # fp32: bf16 autocast measured ~25% slower than fp32 for the small CNN at 64 px on this 2-core CPU
         base = StudyConfig(precision="fp32")
+    elif name == "standard":
+        base = StudyConfig(sets=("real", *CLASSIC_OPS, "classic", "dcgan", "wgan", "tstr-dcgan", "tstr-wgan"),
+                           seeds=(0, 1, 2), precision="fp32", n_boot=1000)
     elif name == "paper":
         base = StudyConfig(sets=tuple(AUG_SETS), networks=("vgg16", "inception_v3"), seeds=(0, 1, 2),
                            image_size=224, epochs=30, equal_budget=False, batch_size=32, lr=1e-4, patience=8,
@@ -213,11 +230,11 @@ def preset(name: str, **overrides) -> StudyConfig:
                            gan_resolution=128, gan_width=64, gan_cap=5.0,
                            gan_steps={"dcgan": 5000, "wgan": 5000, "wgan-gp": 5000}, combo_variant="wgan-gp")
     else:
-        raise ValueError(f"unknown preset {name!r}; choose quick or paper.")
+        raise ValueError(f"unknown preset {name!r}; choose quick, standard or paper.")
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "standard", "paper")
 
 
 @dataclass(frozen=True)

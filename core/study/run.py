@@ -37,6 +37,10 @@ TAG_MODE = "medaug.study.mode"
 STUDY_FILE = "study.json"
 SPEC_FORMAT = "medaug-study-cell/1"
 RESULTS_FILE = "results.csv"
+VERDICT_FILE = "verdict.txt"
+PREDICTIONS_FILE = "predictions.json"
+PREDICTIONS_FORMAT = "medaug-cell-predictions/1"
+GEN_KEYS = ("kid", "fid", "precision", "recall")   # a generator's fidelity, logged into each of its cells
 Log = Callable[[str], None]
 
 
@@ -56,18 +60,33 @@ class Study:
     log: Log = print
 
     def __post_init__(self):
-        self._gan_images: dict[str, tuple] = {}
+        self._gan_images: dict[tuple, tuple] = {}
 
-    def gan_source(self, variant: str, on_step=None):
-        """The synthetic training images of ``variant`` (trained or taken from the cache once)."""
-        if variant not in self._gan_images:
+    def gan_source(self, variant: str, mode: str = "plan", on_step=None):
+        """The synthetic training images of ``variant`` (trained or taken from the cache once);
+        ``mode`` "plan" (the planner's top-up) or "tstr" (as many per class as the real split)."""
+        if (variant, mode) not in self._gan_images:
             from core.study.sets import gan_checkpoint, gan_images
 
             ckpt = gan_checkpoint(variant, self.splits, self.config, self.out / "gans", parent_run_id=self.run_id,
                                   log=self.log, on_step=on_step)
-            self._gan_images[variant] = gan_images(variant, ckpt, self.splits, self.config, self.out / "gans",
-                                                   log=self.log)
-        return self._gan_images[variant]
+            self._gan_images[variant, mode] = gan_images(variant, ckpt, self.splits, self.config, self.out / "gans",
+                                                         log=self.log, mode=mode)
+        return self._gan_images[variant, mode]
+
+    def gan_quality(self, variant: str) -> dict | None:
+        """The fidelity of this study's ``variant`` GAN (``quality.json`` beside its checkpoint: kid, fid,
+        precision, recall with _lo/_hi, usable, reason), or None when none was measured."""
+        from core.study import sets
+
+        reader = getattr(sets, "gan_quality", None)   # written by the GAN fidelity work; absent in older trees
+        if reader is None:
+            return None
+        try:
+            return reader(variant, self.splits, self.config, self.out / "gans")
+        except (OSError, ValueError) as e:
+            self.log(f"  {variant}: no generator quality ({e})")
+            return None
 
 
 def check_networks(config: StudyConfig) -> None:
@@ -103,7 +122,8 @@ def classifier_config(config: StudyConfig, cell: Cell, epochs: int | None = None
     return ClassifierConfig(model=cell.network, image_size=config.image_size, epochs=epochs or config.epochs,
                             batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                             seed=cell.seed, balance=config.balance, patience=config.patience, device=config.device,
-                            precision=config.precision, n_boot=config.n_boot)
+                            precision=config.precision, n_boot=config.n_boot,
+                            shuffle_labels=config.shuffle_labels)
 
 
 # --- MLflow: the parent run and finished cells -----------------------------------------------------
@@ -173,8 +193,10 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
     if variant and on_stage:
         on_stage(f"GAN {variant}")
     x, y, added = training_set(cell.set, splits, config, cell.seed,
-                               lambda v: study.gan_source(v, on_step=(lambda s, t: on_stage(f"GAN {v} step {s}/{t}"))
-                                                          if on_stage else None))
+                               lambda v, mode="plan": study.gan_source(
+                                   v, mode, on_step=(lambda s, t: on_stage(f"GAN {v} step {s}/{t}")) if on_stage
+                                   else None))
+    quality = study.gan_quality(variant) if variant else None
     cfg = classifier_config(config, cell, cell_epochs(config, len(splits.train_y), len(y)))
     if on_stage:
         on_stage(f"training {cell.key}: {len(y)} images, {cfg.epochs} epochs")
@@ -189,6 +211,12 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
             "medaug.study.set": cell.set, "medaug.study.network": cell.network, "medaug.study.seed": cell.seed,
             "medaug.study.train_hash": array_hash(x, y, splits.class_names),
             "medaug.study.added": json.dumps(added)}
+    if variant:
+        tags["medaug.gen.variant"] = variant
+    if quality:
+        tags["medaug.gen.usable"] = str(bool(quality.get("usable", True))).lower()
+        if quality.get("reason"):
+            tags["medaug.gen.reason"] = str(quality["reason"])[:500]
     t0 = time.perf_counter()
     with tracking.start_run(KIND_CELL, params, dataset=study.ds, parent_run_id=study.run_id, tags=tags,
                             run_name=f"{cell.set} · {cell.network} · s{cell.seed}") as run:
@@ -202,19 +230,57 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
         if not result.metrics:
             raise ValueError(f"cell {cell.key}: no weights to test ({result.message}).")
         run.log_metrics(flat_metrics(result.metrics), step=result.best_epoch)
+        if quality:
+            run.log_metrics(gen_metrics(quality), step=0)
         run.set_tags({"medaug.study.state": result.state, "medaug.study.best_epoch": result.best_epoch})
         folder.mkdir(parents=True, exist_ok=True)
         report = {"cell": cell.key, "state": result.state, "message": result.message, "best_epoch": result.best_epoch,
                   "seconds": result.seconds, "images_per_s": result.images_per_s, "added": added,
                   "test_hash": test_hash, "metrics": result.metrics, "history": result.history}
+        if quality:
+            report["generator"] = quality
         (folder / "metrics.json").write_text(json.dumps(report, indent=1, default=_json_default))
         run.log_artifact(folder / "metrics.json")
+        write_predictions(folder / PREDICTIONS_FILE, result, splits.ids.get("test", []), test_hash)
+        run.log_artifact(folder / PREDICTIONS_FILE)
     for name in ("checkpoint.pt", "model.pt"):   # weights are not kept (a paper grid would hold tens of GB)
         (folder / name).unlink(missing_ok=True)
     seconds = round(time.perf_counter() - t0, 2)
     metric = result.metrics.get(config.metric)
     return {"cell": cell.key, "run_id": run.run_id, "state": result.state, config.metric: metric,
             "best_epoch": result.best_epoch, "epochs": cfg.epochs, "seconds": seconds, "n_train": len(y)}
+
+
+def gen_metrics(quality: dict) -> dict[str, float]:
+    """The generator's fidelity as ``gen_<key>`` metrics (finite numbers only)."""
+    out = {}
+    for key in GEN_KEYS:
+        for suffix in ("", "_lo", "_hi"):
+            v = quality.get(key + suffix)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[f"gen_{key}{suffix}"] = float(v)
+    return out
+
+
+def write_predictions(path: Path, result, test_ids: list[str], test_hash: str) -> None:
+    """The cell's test predictions for paired comparisons: predicted and true class indices in
+    test-split order (the same order in every cell: the test hash guarantees it)."""
+    import numpy as np
+
+    probs = np.asarray(result.test_probs)
+    data = {"format": PREDICTIONS_FORMAT, "test_hash": test_hash, "class_names": list(result.class_names),
+            "y_pred": probs.argmax(axis=1).astype(int).tolist(), "y_true": np.asarray(result.test_labels).astype(int).tolist(),
+            "test_ids": list(test_ids)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def read_predictions(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != PREDICTIONS_FORMAT:
+        raise ValueError(f"{path}: not a cell's predictions file ({PREDICTIONS_FORMAT!r} expected).")
+    return data
 
 
 def _json_default(v):
@@ -260,7 +326,8 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
     from core import tracking
     from core.jobs import write_json_atomic
-    from core.study.results import collect_cells, results_table, table_text, write_results
+    from core.study.results import collect_cells, results_table, sensitivity_table, table_text, write_results
+    from core.study.verdict import verdict_text
 
     ds, existing = check_study(data, config, out, resume)
     out = Path(out).expanduser().resolve()
@@ -320,19 +387,35 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
             parent.log_metrics({"cells_done": len(done) + finished_now}, step=len(done) + finished_now)
             status.update(force=True, cells_done=len(done) + finished_now, eta_s=round(per_cell * left, 1),
                           current=None)
-        cells_df = collect_cells(parent.run_id)
+        cells_df = collect_cells(parent.run_id, out)
         table = results_table(cells_df, config.metric, order=config.sets)
-        csv, long_csv = write_results(table, out / RESULTS_FILE)
-        parent.log_artifact(csv)
-        parent.log_artifact(long_csv)
+        sens = sensitivity_table(cells_df, order=config.sets)
+        csv, wide_csv = write_results(table, out / RESULTS_FILE, sens)
+        verdict = verdict_text(table, {**ds.meta, "name": ds.name}, sens)
+        (out / VERDICT_FILE).write_text("\n".join(verdict) + "\n")
+        for path in (csv, wide_csv, out / VERDICT_FILE):
+            parent.log_artifact(path)
+        if not sens.empty:
+            parent.log_artifact(Path(csv).with_name(Path(csv).stem + "_sensitivity.csv"))
         log(table_text(table, config.metric))
+        log("\n".join(verdict))
     seconds = round(time.perf_counter() - t_start, 1)
     status.update(force=True, state="finished", message=f"{len(grid)} cells in {seconds} s", eta_s=0.0,
                   results_csv=csv)
     return {"study_run_id": parent.run_id, "study_key": config.key(), "out": str(out), "cells": len(grid),
-            "skipped": len(done), "ran": len(pending), "seconds": seconds, "results_csv": csv, "results_long_csv": long_csv,
-            "metric": config.metric, "test_hash": splits.test_hash,
-            "table": table[["set", "network", "n", "mean", "ci_low", "ci_high", "delta"]].to_dict("records")}
+            "skipped": len(done), "ran": len(pending), "seconds": seconds, "results_csv": csv, "results_wide_csv": wide_csv,
+            "metric": config.metric, "test_hash": splits.test_hash, "verdict": verdict,
+            "table": summary_rows(table)}
+
+
+SUMMARY_COLUMNS = ("set", "network", "n_seeds", "mean", "ci_lo", "ci_hi", "delta", "delta_lo", "delta_hi", "p_holm",
+                   "verdict")
+
+
+def summary_rows(table) -> list[dict]:
+    """The table's headline columns as JSON-ready records (NaN as None)."""
+    rows = table[list(SUMMARY_COLUMNS)].to_dict("records")
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
 
 
 class _NoStatus:

@@ -1,7 +1,7 @@
 """Each cell's training set, made from the TRAINING split only.
 
-- :func:`load_splits` reads the real images of a dataset folder (rows whose source is not
-  ``classic:`` or ``gan:``) at the study's size from the pixel cache, split by the manifest.
+- :func:`load_splits` reads the real images of a dataset folder (:func:`core.data.manifest.real_rows`:
+  rows whose source is not ``classic:``, ``gan:`` or ``diffusion:``) at the study's size from the pixel cache, split by the manifest.
 - :func:`classic_copies` runs a registry operation (or the study's pipeline) over the training
   images through :mod:`core.augment` (image ``k`` of copy ``c`` uses the generator
   ``[seed, c, k]``); a crop, whose output is the box's size, is letterboxed back to the
@@ -30,7 +30,6 @@ import numpy as np
 from core.jobs import file_lock
 from core.study.grid import AUG_SETS, AugSet, StudyConfig
 
-REAL_SOURCES_EXCLUDED = ("classic:", "gan:")
 Log = Callable[[str], None]
 
 
@@ -71,10 +70,10 @@ def array_hash(x: np.ndarray, y: np.ndarray, class_names) -> str:
 def load_splits(ds, image_size: int, on_progress=None) -> Splits:
     """Real train/val/test images of ``ds`` at ``image_size`` (letterboxed, uint8)."""
     from core.data.cache import pixel_cache
+    from core.data.manifest import real_rows
 
     df = ds.manifest
-    source = df["source"].astype(str)
-    real = ~source.str.startswith(REAL_SOURCES_EXCLUDED).to_numpy().copy()
+    real = real_rows(df)
     cache = pixel_cache(ds, image_size, on_progress=on_progress)
     usable = real & cache.ok
     split = df["split"].to_numpy()
@@ -271,14 +270,24 @@ def resolve_checkpoint(given: str) -> Path:
 
 
 def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConfig, root: Path,
-               log: Log = print) -> tuple[np.ndarray, np.ndarray]:
-    """The planner's synthetic images for ``variant`` at the study's size, and their labels."""
+               log: Log = print, mode: str = "plan") -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic images for ``variant`` at the study's size, and their labels: ``mode="plan"`` the
+    balancing planner's top-up; ``mode="tstr"`` as many images per class as the real training split
+    holds (the TSTR set's whole training array)."""
     from core.balance import class_balance_plan, generate_plan
     from core.data.cache import pixel_cache
     from core.data.datasets import load_dataset
 
     size = splits.train_x.shape[1]
-    plan = class_balance_plan(splits.train_counts(), config.gan_target, None, config.gan_cap)
+    if mode == "tstr":
+        plan = class_balance_plan(splits.train_counts(), "max", None, None)
+        plan["synthetic"] = plan["real"]
+        plan["after"] = plan["real"] * 2
+        plan.attrs["target"] = "the real training split's counts"
+    elif mode == "plan":
+        plan = class_balance_plan(splits.train_counts(), config.gan_target, None, config.gan_cap)
+    else:
+        raise ValueError(f"gan_images: mode={mode!r}; use 'plan' or 'tstr'.")
     if int(plan["synthetic"].sum()) == 0:
         log(f"  {variant}: the planner adds no images (every class is at the target).")
         return np.empty((0, size, size), np.uint8), np.empty(0, np.int64)
@@ -296,7 +305,8 @@ def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConf
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             log(f"  {variant}: generated {int(plan['synthetic'].sum())} synthetic training images "
-                f"(target {plan.attrs['target']}, cap {config.gan_cap:g} per real image) -> {folder}")
+                f"(target {plan.attrs['target']}" + (f", cap {config.gan_cap:g} per real image" if mode == "plan" else "")
+                + f") -> {folder}")
         syn = load_dataset(folder)
     if not set(syn.manifest["split"]) <= {"train"}:
         raise ValueError(f"{folder}: synthetic images outside the train split; delete the folder and run again.")
@@ -309,12 +319,21 @@ def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConf
 # --- one cell's training set ------------------------------------------------------------------
 
 def training_set(set_key: str, splits: Splits, config: StudyConfig, seed: int,
-                 gan_source: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None):
+                 gan_source: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
     """(uint8 images, labels, what was added per class) for augmentation set ``set_key``.
 
-    The real training images come first; augmented or synthetic ones follow. ``gan_source(variant)``
-    returns a variant's synthetic images and labels (see :func:`gan_images`)."""
+    The real training images come first; augmented or synthetic ones follow. ``gan_source(variant,
+    mode)`` returns a variant's synthetic images and labels (see :func:`gan_images`). A TSTR set
+    (``tstr-<variant>``) holds ONLY synthetic images, as many per class as the real split."""
     aug = AUG_SETS[set_key]
+    if aug.kind == "tstr":
+        if gan_source is None:
+            raise ValueError(f"set {set_key!r} needs GAN images, but no GAN source was given.")
+        gx, gy = gan_source(aug.variant, "tstr")
+        if len(gy) == 0:
+            raise ValueError(f"set {set_key!r}: the {aug.variant} GAN gave no images to train on.")
+        added = np.bincount(gy, minlength=len(splits.class_names))
+        return gx, gy, {c: int(n) for c, n in zip(splits.class_names, added)}
     parts_x, parts_y = [splits.train_x], [splits.train_y]
     if aug.kind in ("classic", "classic+gan"):
         parts_x.append(classic_copies(splits.train_x, aug, seed, config.copies))
