@@ -248,7 +248,8 @@ def results_table(cells: pd.DataFrame, metric: str = "macro_f1", order=None, bas
             elif not base.empty:   # no predictions (older cells) or a metric without a paired test
                 paired = sub.set_index("seed")[metric].sub(base).dropna()
                 row["delta"] = float(paired.mean()) if len(paired) else math.nan
-                row["verdict_stat"] = "not tested (no paired predictions)"
+                why = "no paired predictions" if metric in stats.METRICS else f"{metric} needs probabilities"
+                row["verdict_stat"] = f"not tested ({why})"
                 row["delta_method"] = "difference of seed means, not tested"
             row["verdict"] = row["verdict_stat"] if s == baseline else read_verdict(
                 s, row["verdict_stat"], row["gen_usable"], row["gen_reason"])

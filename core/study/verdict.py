@@ -75,8 +75,9 @@ def verdict_text(table: pd.DataFrame, dataset_meta: dict | None = None, sensitiv
     if len(n_test):
         head += f", {int(n_test.iloc[0])} test images"
     networks = list(dict.fromkeys(table["network"]))
-    out = [head + f": Δ against real only, paired on the same test images, {mname}, Holm across "
-                  f"{int(table['p_value'].notna().sum())} comparisons."]
+    tested = int(table["p_value"].notna().sum())
+    out = [head + f": Δ against real only, paired on the same test images, {mname}"
+           + (f", Holm across {tested} comparison{'s' if tested != 1 else ''}." if tested else ".")]
     for net in networks:
         sub = table[(table["network"] == net) & (table["verdict_stat"] != "baseline")]
         lead = f"{net}: " if len(networks) > 1 else ""
@@ -114,8 +115,9 @@ def verdict_text(table: pd.DataFrame, dataset_meta: dict | None = None, sensitiv
                            f"detectably{bound}.")
         untested = judged[judged["verdict_stat"].str.startswith("not tested")]
         if len(untested):
-            out.append(f"{lead}Not tested (no per-image predictions): {_join([_label(s) for s in untested['set']])}; "
-                       f"their Δ is a difference of means.")
+            why = untested["verdict_stat"].iloc[0].removeprefix("not tested (").rstrip(")")
+            out.append(f"{lead}Not tested ({why}): {_join([_label(s) for s in untested['set']])}; their Δ is a "
+                       f"difference of seed means.")
         for r in tstr.itertuples():
             variant = AUG_SETS[r.set].variant.upper() if r.set in AUG_SETS else r.set
             out.append(f"{lead}TSTR (train on {variant} images only, test on real): {mname} {r.mean:.2f} against "
