@@ -83,18 +83,16 @@ class Parser(argparse.ArgumentParser):
 def error_text(e: BaseException) -> str:
     """One readable sentence for a failure; a full disk (or quota, file size limit, read-only file
     system) says so and what to do, whatever raised it."""
-    from core.jobs import OUT_OF_SPACE
+    from core.files import STORAGE_ERRORS, is_storage_error
 
-    if isinstance(e, OSError) and e.errno in OUT_OF_SPACE:
+    if is_storage_error(e):
         import errno
         import os
 
+        what, action = STORAGE_ERRORS[e.errno]
         where = f" {e.filename}" if e.filename else ""
-        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                errno.EFBIG: "the file would exceed the file size limit (ulimit -f) or the file system's maximum",
-                errno.EROFS: "the file system is read-only"}[e.errno]
         return (f"Cannot write{where}: {e.strerror or os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)}): "
-                f"{what}. Free space there (or choose another --out) and run again; a trainer continues from "
+                f"{what}. {action} (or choose another --out) and run again; a trainer continues from "
                 f"its last good checkpoint with --resume.")
     if isinstance(e, (ValueError, OSError)):   # our errors are ValueErrors that say what to do
         return str(e)

@@ -24,7 +24,6 @@ Also here, for every command that owns a folder: :func:`file_lock` (the one fcnt
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -45,8 +44,6 @@ ENV_MAX_JOBS = "MEDAUG_MAX_JOBS"
 ENV_JOB_ID = "MEDAUG_JOB_ID"         # set by the supervisor for its command (named in <out>/.lock)
 LOCK_FILE = ".lock"
 ACTIVE_STATUS = ("starting", "running", "queued")   # status.json states of a command still at work
-# errno values that mean "the disk cannot take this write": full, over quota, file too large, read-only
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 _ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,7 +24,6 @@ the rerun). Worker processes die with the run, kill -9 included.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.io import ImageReadError
+from core.files import STORAGE_ERRORS, is_storage_error
 
 SOURCES = ("phantom", "vindr", "folder")
 LABEL_MODES = ("single", "multi", "patch")
@@ -136,30 +136,11 @@ class PrepareResult:
         return self.dataset.meta.get("card", {})
 
 
-# errno -> (what happened, what to do) for errors that mean the output cannot be written: the
-# run stops at once. Read errors of source files never get here (the readers turn them into
-# ImageReadError), so an EIO here comes from the disk being written.
-_STORAGE_ERRORS = {
-    errno.ENOSPC: ("the disk is full", "Free space there"),
-    errno.EFBIG: ("a file reached the file size limit", "Raise the file size limit (ulimit -f) or use a file "
-                  "system that allows larger files"),
-    errno.EROFS: ("the file system is read-only", "Make it writable"),
-    errno.EIO: ("the disk reported an input/output error", "Check the disk"),
-}
-if hasattr(errno, "EDQUOT"):
-    _STORAGE_ERRORS[errno.EDQUOT] = ("the disk quota is used up", "Free space there or raise the quota")
-
-
 class OutOfSpaceError(OSError):
     """The output could not be written (disk or quota full, file size limit, read-only file
     system, I/O error), so ``prepare`` stopped at once. The message names the folder, its free
     space, the space still needed and what to do; the original OSError is its ``__cause__``
     (its own ``errno`` stays None, so the message is shown as it is)."""
-
-
-def is_storage_error(error: BaseException) -> bool:
-    """True for an OSError that says the output cannot be written (not that an image is bad)."""
-    return isinstance(error, OSError) and error.errno in _STORAGE_ERRORS
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -564,7 +545,7 @@ def _human_bytes(n: float) -> str:
 
 def _out_of_space_message(error: OSError, out: Path, work: Path, writing: Path, state: dict, size: int) -> str:
     """Name the folder that is full, its free space, the space still needed and what to do."""
-    cause, action = _STORAGE_ERRORS[error.errno]
+    cause, action = STORAGE_ERRORS[error.errno]
     cache_folder, finished, images, left = state["cache"], state["finished"], state["images"], state["left"]
     pngs = [p.stat().st_size for p in (work / IMAGES_DIR).glob("*.png")] if work.is_dir() else []
     per_image = sum(pngs) / len(pngs) if pngs else size * size  # PNG bytes per image, or the raw size
