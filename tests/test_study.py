@@ -19,8 +19,8 @@ from core.study.results import collect_cells, delta_sensitivity, results_table, 
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"sets": ("real", "crop", "dcgan"), "networks": ("small_cnn",), "seeds": (0,), "image_size": 16, "epochs": 1,
-        "batch_size": 64, "n_boot": 50, "gan_resolution": 32, "gan_width": 8, "gan_batch": 16, "gan_steps": {"dcgan": 5},
-        "precision": "fp32"}
+        "batch_size": 64, "n_boot": 50, "gan_resolution": 32, "gan_width": 8, "gan_batch": 16, "gan_steps": {"dcgan": 5, "wgan": 5},
+        "precision": "fp32", "gan_max_seconds": None, "gan_fidelity_every": 5}   # every field the quick preset sets
 
 
 def digest(a: np.ndarray) -> str:
