@@ -226,11 +226,13 @@ def preset(name: str, **overrides) -> StudyConfig:
                            gan_steps={"dcgan": 20_000, "wgan": 20_000})
     elif name == "standard":
         # measured on the 1,000-image phantom at 64 px (2 shared CPU cores): the small CNN trains at
-        # ~65 img/s, so a cell of 4 epochs x 701 images is ~45-50 s, 39 cells ~31 min; the GANs stop at
-        # gan_max_seconds (or a KID plateau) each, ~4 min apiece with sampling: < 45 min in all
+        # ~65 img/s, so a cell of 4 epochs x 701 images (equal budget: every cell sees ~2,800) is ~45-50 s,
+        # 39 cells ~31 min; the GANs (32 px, as quick: 64 px stays noise on a CPU) stop at 4 minutes or a
+        # KID plateau each, ~9 min for both with sampling and the domain encoder: ~41 min in all
         base = StudyConfig(sets=("real", *CLASSIC_OPS, "classic", "dcgan", "wgan", "tstr-dcgan", "tstr-wgan"),
                            seeds=(0, 1, 2), epochs=4, patience=3, precision="fp32", n_boot=1000,
-                           gan_steps={"dcgan": 800, "wgan": 400}, gan_max_seconds=180.0)
+                           gan_resolution=32, gan_max_seconds=240.0, gan_fidelity_every=40,
+                           gan_steps={"dcgan": 20_000, "wgan": 20_000})
     elif name == "paper":
         base = StudyConfig(sets=tuple(AUG_SETS), networks=("vgg16", "inception_v3"), seeds=(0, 1, 2),
                            image_size=224, epochs=30, equal_budget=False, batch_size=32, lr=1e-4, patience=8,
