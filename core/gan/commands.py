@@ -181,9 +181,10 @@ def cmd_train_gan(args) -> dict:
         distributed.shutdown()
         return {"rank": ctx.rank, "state": result.state, "steps": result.step, "seconds": result.seconds}
     spe, total = plan_steps(len(images), config)
-    resume_from = None
+    resume_from, prior_curve = None, []
     if job["resume"] and (out / CHECKPOINT_FILE).is_file():
         state = load_checkpoint(out / CHECKPOINT_FILE)
+        prior_curve = [list(p) for p in (state.get("fidelity") or {}).get("curve", [])]   # the checks before the cut
         check_resume(state, config, *training_fingerprint(images, labels, config), str(out / CHECKPOINT_FILE))
         resume_from = (state.get("meta") or {}).get("run_id")
         del state
@@ -259,7 +260,7 @@ def cmd_train_gan(args) -> dict:
                 status.update(force=True, message="fidelity check: domain encoder and real train features")
                 ref = fidelity.dataset_reference(ds, classes, class_name=job["class"])
                 check = fidelity.fidelity_fn(ref, conditional)
-                curve = []
+                curve = prior_curve
 
                 def on_fidelity(step: int, result: dict) -> None:
                     run.log_metrics({("fidelity_kid" + k[3:]): v for k, v in result.items() if k.startswith("kid")}

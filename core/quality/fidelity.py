@@ -160,10 +160,10 @@ def quality_reason(precision: float, floor: float = PRECISION_FLOOR) -> tuple[bo
     if not math.isfinite(precision):
         return False, "precision could not be measured"
     if precision < floor:
-        return False, (f"k-NN precision {precision:.2f} is below the floor {floor:.2f}: most of its images lie "
+        return False, (f"k-NN precision {precision:.3f} is below the floor {floor:.2f}: most of its images lie "
                        f"off the real images' manifold (noise-like blobs or an unfinished generator); "
                        f"train longer or pick another variant")
-    return True, f"k-NN precision {precision:.2f} is at or above the floor {floor:.2f}"
+    return True, f"k-NN precision {precision:.3f} is at or above the floor {floor:.2f}"
 
 
 def final_quality(ref: RealReference, sample_class: Callable[[int, int | None], np.ndarray], conditional: bool, *,
