@@ -127,13 +127,11 @@ def train_domain_encoder(images: np.ndarray, labels: np.ndarray, classes: list[s
     return model, info
 
 
-def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
-                   on_progress: Callable[[int, int, str], None] | None = None) -> Extractor:
-    """The dataset's domain encoder, from the workspace cache or trained now on its TRAIN split."""
-    from core.data.cache import pixel_cache
+def cached_encoder(path: Path, train: Callable[[], dict], what: str, size: int) -> Extractor:
+    """A domain encoder from its workspace cache file ``path``, or ``train()``'s state (saved there
+    atomically); ``what`` names its training data in the description."""
     from core.gan.train import save_checkpoint  # atomic torch.save
 
-    path = encoder_path(ds.content_hash, size, epochs, seed)
     state = None
     if path.is_file():
         try:
@@ -143,6 +141,22 @@ def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
         if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
             state = None
     if state is None:
+        state = {"format": ENCODER_FORMAT, **train()}
+        save_checkpoint(path, state)
+    model = DomainCNN(len(state["classes"]))
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    desc = (f"domain encoder: 128-d penultimate layer of a CNN trained on {what} "
+            f"({state['train_images']} images, {state['epochs']} epochs at {state['size']} px, train accuracy "
+            f"{state['train_accuracy']:.2f})")
+    return Extractor("domain", desc, lambda imgs: model.features(to_input(imgs, size)).double().numpy(), FEATURE_DIM)
+
+
+def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
+                   on_progress: Callable[[int, int, str], None] | None = None) -> Extractor:
+    """The dataset's domain encoder, from the workspace cache or trained now on its TRAIN split (real rows)."""
+    def train() -> dict:
+        from core.data.cache import pixel_cache
         from core.data.manifest import real_rows
 
         cache = pixel_cache(ds, size)
@@ -156,16 +170,9 @@ def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
         index = {c: i for i, c in enumerate(classes)}
         model, info = train_domain_encoder(np.asarray(cache.array[rows]), np.array([index[c] for c in labels]),
                                            classes, size, epochs, seed, on_progress=on_progress)
-        state = {"format": ENCODER_FORMAT, "state_dict": model.state_dict(), "classes": classes,
-                 "dataset_hash": ds.content_hash, **info}
-        save_checkpoint(path, state)
-    model = DomainCNN(len(state["classes"]))
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    desc = (f"domain encoder: 128-d penultimate layer of a CNN trained on {ds.id} train split "
-            f"({state['train_images']} images, {state['epochs']} epochs at {state['size']} px, train accuracy "
-            f"{state['train_accuracy']:.2f})")
-    return Extractor("domain", desc, lambda imgs: model.features(to_input(imgs, size)).double().numpy(), FEATURE_DIM)
+        return {"state_dict": model.state_dict(), "classes": classes, "dataset_hash": ds.content_hash, **info}
+
+    return cached_encoder(encoder_path(ds.content_hash, size, epochs, seed), train, f"{ds.id} train split", size)
 
 
 # --- Inception-v3 from a local weights file ---------------------------------------------------------

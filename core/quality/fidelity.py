@@ -89,38 +89,19 @@ def array_encoder(images: np.ndarray, labels: np.ndarray, class_names, key: str,
     """A domain encoder trained on real training arrays (the study's splits), cached in the workspace
     by ``key`` (e.g. the split's train hash) as :func:`core.quality.features.domain_encoder` caches
     a dataset's."""
-    import torch
+    from core.quality.features import cached_encoder, encoder_path, train_domain_encoder
 
-    from core.gan.train import save_checkpoint
-    from core.quality.features import ENCODER_FORMAT, FEATURE_DIM, DomainCNN, Extractor, encoder_path, to_input
-    from core.quality.features import train_domain_encoder
-
-    path = encoder_path(f"arrays{key}", size, epochs, seed)
-    state = None
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 -- a damaged cache file is rebuilt, never trusted
-            state = None
-        if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
-            state = None
-    if state is None:
+    def train() -> dict:
         present = sorted(set(np.asarray(labels).tolist()))
         if len(present) < 2:
             raise ValueError("the domain encoder is a classifier and needs training images of at least 2 classes.")
         remap = {c: i for i, c in enumerate(present)}
+        names = [str(class_names[c]) for c in present]
         model, info = train_domain_encoder(np.asarray(images), np.array([remap[c] for c in np.asarray(labels).tolist()]),
-                                           [str(class_names[c]) for c in present], size, epochs, seed)
-        state = {"format": ENCODER_FORMAT, "state_dict": model.state_dict(),
-                 "classes": [str(class_names[c]) for c in present], "dataset_hash": key, **info}
-        save_checkpoint(path, state)
-    model = DomainCNN(len(state["classes"]))
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    desc = (f"domain encoder: 128-d penultimate layer of a CNN trained on the study's real train split "
-            f"({state['train_images']} images, {state['epochs']} epochs at {state['size']} px, train accuracy "
-            f"{state['train_accuracy']:.2f})")
-    return Extractor("domain", desc, lambda imgs: model.features(to_input(imgs, size)).double().numpy(), FEATURE_DIM)
+                                           names, size, epochs, seed)
+        return {"state_dict": model.state_dict(), "classes": names, "dataset_hash": key, **info}
+
+    return cached_encoder(encoder_path(f"arrays{key}", size, epochs, seed), train, "the study's real train split", size)
 
 
 def metric_name(class_name: str) -> str:
