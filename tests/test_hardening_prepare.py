@@ -141,6 +141,29 @@ def test_no_space_for_the_pixel_cache_names_the_cache_folder_and_publishes_nothi
     assert result.cache_path.is_file()
 
 
+def test_a_failed_rerun_leaves_the_finished_dataset_in_place_and_usable(source, tmp_path, monkeypatch):
+    import pandas as pd
+
+    out = tmp_path / "ds"
+    first = prepare(PrepareConfig(source="phantom", root=str(source), out=str(out), size=64, workers=1))
+    image = out / first.dataset.manifest["path"].iloc[0]
+    before = image.read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_space)   # the rerun fails writing its manifest
+    with pytest.raises(OSError, match="the disk is full"):
+        prepare(PrepareConfig(source="phantom", root=str(source), out=str(out), size=64, workers=1))
+    again = load_dataset(out)   # still there, complete, the same content
+    assert again.content_hash == first.dataset.content_hash and image.read_bytes() == before
+    assert not list(tmp_path.glob(".*/dataset.json")), "the staging folder looks like a dataset"
+
+    monkeypatch.undo()
+    result = prepare(PrepareConfig(source="phantom", root=str(source), out=str(out), size=64, workers=1))
+    assert (result.reused, result.prepared) == (40, 0)
+    assert load_dataset(out).content_hash == first.dataset.content_hash and not staging(out).exists()
+
+
 # --- a DICOM whose header does not match its pixels ------------------------------------------
 
 def write_dicom(path: Path, rows: int, cols: int, bits_allocated: int, data: bytes) -> Path:

@@ -474,7 +474,8 @@ def _check_settings(folder: Path, settings: dict, unfinished: bool) -> None:
 def _open_output(config: PrepareConfig, out: Path, work: Path, force: bool) -> dict:
     """Make the staging folder ``work`` ready; return the journal of an earlier run with the same
     settings. An unfinished run resumes from ``work``; a finished ``out`` with the same settings is
-    moved to ``work`` and resumes the same way (it is renamed back when the run completes)."""
+    copied to ``work`` (its images hard-linked) and resumes the same way; it stays where it is, and
+    usable, until the finished run replaces it."""
     settings = _settings_of(config)
     if force:
         shutil.rmtree(work, ignore_errors=True)
@@ -487,7 +488,7 @@ def _open_output(config: PrepareConfig, out: Path, work: Path, force: bool) -> d
     if out.exists() and any(out.iterdir()):
         _check_settings(out, settings, unfinished=False)
         if not work.exists():
-            out.rename(work)  # rework the finished dataset out of sight; it is published again at the end
+            _stage_copy(out, work)
     (work / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (work / STATE_DIR).mkdir(exist_ok=True)
     _remove_temp_files(work)  # left by a killed run
@@ -497,6 +498,29 @@ def _open_output(config: PrepareConfig, out: Path, work: Path, force: bool) -> d
     journal = work / STATE_DIR / JOURNAL_FILE
     _end_at_a_full_line(journal)
     return _read_journal(journal)
+
+
+def _stage_copy(out: Path, work: Path) -> None:
+    """Copy a finished dataset into the staging folder: images as hard links (every write replaces
+    a file by rename, so ``out``'s files are never changed), everything else as copies (the journal
+    is appended to in place). Where links are not possible the images are copied."""
+    def link_or_copy(src: str, dst: str) -> None:
+        if Path(src).parent.name == IMAGES_DIR:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+
+    partial = work.with_name(work.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    from core.data.datasets import META_FILE
+
+    # without dataset.json: a staging folder must not be listed as a dataset (it is written at the end)
+    shutil.copytree(out, partial, copy_function=link_or_copy,
+                    ignore=lambda folder, names: [META_FILE] if Path(folder) == out else [])
+    partial.rename(work)
 
 
 def _end_at_a_full_line(path: Path) -> None:
