@@ -262,7 +262,7 @@ def test_grid_and_presets():
     from core.study.run import cell_epochs
 
     # equal budget: a set twice the real split's size gets half the epochs (at least one)
-    assert (cell_epochs(quick, 700, 700), cell_epochs(quick, 700, 1400), cell_epochs(quick, 700, 1086)) == (8, 4, 5)
+    assert (cell_epochs(quick, 700, 700), cell_epochs(quick, 700, 1400), cell_epochs(quick, 700, 1086)) == (4, 2, 3)
     assert cell_epochs(quick, 10, 10_000) == 1 and cell_epochs(paper, 700, 1400) == paper.epochs
     assert StudyConfig(**TINY).key() == StudyConfig(**{**TINY, "device": "cpu"}).key()
     assert StudyConfig(**TINY).key() != StudyConfig(**{**TINY, "seeds": (1,)}).key()
