@@ -217,7 +217,8 @@ def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: boo
     st.markdown(f"**Results: {metric}**, mean [95% CI] and paired Δ [95% CI] against real only "
                 f"({'; '.join(sorted(set(table['ci_method'])))}; Δ paired image by image, Holm across the table). "
                 f"Green: better than real only, orange: worse.")
-    st.dataframe(styled(table), key=f"st_table_{where}", width="stretch")
+    rows = table["set"].nunique()   # every set in view: the table is the study's answer, not a scroll box
+    st.dataframe(styled(table), key=f"st_table_{where}", width="stretch", height=min(40 + 35 * rows, 900))
     if compact:
         return
     st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), f"study-{run_id[:8]}.csv",
@@ -251,7 +252,9 @@ def results_tab() -> None:
     by_id = {r.info.run_id: r for r in runs}
     shown = {i: tracking.shown_status(r.info.status, r.data.tags) for i, r in by_id.items()}  # DIED: process gone
     c = st.columns([3, 1])
-    run_id = c[0].selectbox("Study", list(by_id), key="st_pick",
+    wanted = st.query_params.get("study", "")   # ?study=RUN_ID (or its first characters) opens that study
+    first = next((i for i, k in enumerate(by_id) if wanted and k.startswith(wanted)), 0)
+    run_id = c[0].selectbox("Study", list(by_id), key="st_pick", index=first,
                             format_func=lambda i: f"{by_id[i].info.run_name} — {shown[i]} · "
                                                   f"{by_id[i].data.tags.get('medaug.dataset_id', '')} · {i[:8]}")
     metric = c[1].selectbox("Metric", METRICS, key="st_metric")
