@@ -74,12 +74,14 @@ def active_dataset() -> Dataset:
     meta = root / "dataset.json"
     if not meta.is_file() and root == default_dataset_dir():
         n, size = DEFAULT_PHANTOM["n"], DEFAULT_PHANTOM["size"]
-        st.info(f"First start: rendering the built-in **synthetic phantom** dataset ({n} spine "
-                f"radiographs at {size} px). This happens once and takes well under a minute.")
+        note = st.empty()   # both go once the dataset is ready
+        note.info(f"First start: rendering the built-in **synthetic phantom** dataset ({n} spine "
+                  f"radiographs at {size} px). This happens once and takes well under a minute.")
         bar = st.progress(0.0, text="Starting workers…")
         build_phantom_dataset(root, **DEFAULT_PHANTOM, overwrite=root.exists(),
                               on_progress=lambda d, t, m: bar.progress(d / t, text=f"{m} · {d}/{t}"))
         bar.empty()
+        note.empty()
     if not meta.is_file():
         st.error(f"No dataset at `{root}`. Create one with `python -m core phantom --out {root}`, "
                  "or unset MEDAUG_DATASET to use the built-in phantom.")

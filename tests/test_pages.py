@@ -64,3 +64,20 @@ def test_dataset_view_button_opens_the_record(app, small_phantom):
     assert not app.exception, app.exception
     shown = " ".join(str(t.value.to_dict()) for t in app.table)
     assert image_id in shown and "Vertebral collapse" in texts(app)
+
+
+def test_first_start_renders_the_phantom_and_then_clears_its_banner(tmp_path, monkeypatch):
+    """No dataset yet: the first page load renders the default phantom with a banner and a progress
+    bar, and neither stays once the dataset is ready."""
+    import pages.ui
+
+    monkeypatch.delenv("MEDAUG_DATASET", raising=False)
+    monkeypatch.setenv("MEDAUG_HOME", str(tmp_path))
+    monkeypatch.setitem(pages.ui.DEFAULT_PHANTOM, "n", 24)
+    monkeypatch.setitem(pages.ui.DEFAULT_PHANTOM, "size", 64)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert (tmp_path / "datasets" / "phantom-default" / "dataset.json").is_file()
+    shown = " ".join(str(e.value) for e in at.info)
+    assert "First start" not in shown, shown
+    assert "MedAug Studio" in texts(at)
