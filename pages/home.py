@@ -16,7 +16,7 @@ st.markdown(
 
 st.subheader("Workflow")
 PER_ROW = 3   # six cards in one row cut their buttons off ("Open Augme") at 1400 px with the sidebar open
-cols = [c for start in range(0, len(ui.WORKFLOW), PER_ROW) for c in st.columns(PER_ROW)]
+cols = [c for _ in range(0, len(ui.WORKFLOW), PER_ROW) for c in st.columns(PER_ROW)]
 for i, (col, (step, text, page)) in enumerate(zip(cols, ui.WORKFLOW), start=1):
     with col.container(border=True, height="stretch"):
         st.markdown(f"**{i}. {step}**")

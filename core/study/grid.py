@@ -237,7 +237,9 @@ def preset(name: str, **overrides) -> StudyConfig:
         # (equal budget: every cell sees ~2,800) is ~25-30 s, 39 cells ~18 min. The GANs (32 px, as quick:
         # 64 px stays noise on a CPU) stop at 6 minutes (DCGAN measured KID 0.020, precision 0.82 there) or
         # after 2,000 steps without a lower KID: a check every 40 steps with patience 8 stopped DCGAN after
-        # 34 s at precision 0.297 on KID noise. ~13 min for both with sampling: ~31 min in all
+        # 34 s at precision 0.297 on KID noise. ~13 min for both with sampling: ~31 min in all. Measured
+        # 2026-12-01: 22 min 50 s; DCGAN plateaued from step 1,000 (stopped at 3,000, precision 0.32),
+        # WGAN ran its 6 minutes (precision 0.36); both are usable, both with recall near 0
         base = StudyConfig(sets=("real", *CLASSIC_OPS, "classic", "dcgan", "wgan", "tstr-dcgan", "tstr-wgan"),
                            seeds=(0, 1, 2), precision="fp32", n_boot=1000,
                            gan_resolution=32, gan_max_seconds=360.0, gan_fidelity_every=200,
