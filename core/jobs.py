@@ -17,14 +17,12 @@ the command was killed by a signal). A command may report its own terminal state
 (e.g. ``diverged``); it wins. When the command ends without a terminal status (a full disk left
 it unable to write one, kill -9), the supervisor writes the outcome into status.json itself.
 
-Also here, for every command that owns a folder: :func:`file_lock` (the one fcntl.flock helper),
-:class:`FolderLock` (one job per output folder, ``<out>/.lock`` names its holder),
-:func:`write_json_final` (a terminal status that still lands on a full disk) and
-:func:`process_gone` (is the process a status file or an MLflow run names still there?).
+Also here, for every command that owns a folder: :class:`FolderLock` (one job per output
+folder, ``<out>/.lock`` names its holder) and :func:`process_gone` (is the process a status file
+or an MLflow run names still there?). Atomic writes and the lock itself are :mod:`core.files`.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -33,10 +31,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.files import file_lock, write_json_atomic, write_json_final
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("finished", "failed", "cancelled", "died", "diverged")
@@ -51,47 +51,6 @@ def jobs_dir() -> Path:
     from core.workspace import workspace_dir
 
     return workspace_dir("jobs")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON via a temp file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def write_json_final(path: Path, data: dict, keep: Sequence[str] = ("kind", "state", "message", "pid", "run_id",
-                                                                     "step", "epoch", "out", "checkpoint")) -> bool:
-    """Write a terminal status so that it lands even on a full disk; False if nothing could be written.
-
-    First atomically (:func:`write_json_atomic`, which needs a new file's blocks); failing that,
-    by overwriting the existing file in place, which needs no new blocks when the text is not
-    longer: compact JSON of all fields, then only the ``keep`` fields."""
-    try:
-        write_json_atomic(path, data)
-        return True
-    except OSError:
-        path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
-    texts = [json.dumps(data, separators=(",", ":"), default=str),
-             json.dumps({k: data[k] for k in keep if k in data}, separators=(",", ":"), default=str)]
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        fitting = [t for t in texts if len(t.encode()) <= size]
-        for text in fitting[:1] + [t for t in texts if t not in fitting[:1]]:
-            raw = text.encode()
-            try:
-                os.pwrite(fd, raw, 0)
-                os.ftruncate(fd, len(raw))
-                return True
-            except OSError:
-                continue
-        return False
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> dict:
@@ -216,20 +175,6 @@ def submit(argv: Sequence[str], config: dict | None = None, label: str = "") -> 
     return get_job(job_id)
 
 
-@contextmanager
-def file_lock(path: Path, wait: bool = True) -> Iterator:
-    """An exclusive ``fcntl.flock`` on ``path`` (created if missing, never truncated), held inside
-    the block, which gets the open file. ``wait=False``: raise BlockingIOError at once if another
-    process holds it. The kernel drops the lock when the holder exits, even on kill -9."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        try:
-            yield f
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _queue_lock():
     return file_lock(jobs_dir() / LOCK_FILE)
 
@@ -250,12 +195,11 @@ class FolderLock:
         self.command = command
         self.record: dict = {}
         self._stack: ExitStack | None = None
-        self._file = None
 
     def acquire(self) -> FolderLock:
         stack = ExitStack()
         try:
-            self._file = stack.enter_context(file_lock(self.path, wait=False))
+            stack.enter_context(file_lock(self.path, wait=False))
         except BlockingIOError:
             raise FolderBusy(self._busy()) from None
         self._stack = stack
@@ -270,10 +214,9 @@ class FolderLock:
         not stop the job (the lock itself needs no disk space)."""
         self.record.update(fields)
         try:
-            self._file.seek(0)
-            self._file.truncate()
-            self._file.write(json.dumps(self.record))
-            self._file.flush()
+            with open(self.path, "r+") as f:   # the lock is ours: rewrite the holder in place
+                f.truncate()
+                f.write(json.dumps(self.record))
         except OSError:
             pass
 

@@ -124,7 +124,7 @@ def client():
             os.environ.setdefault(name, value)
     if uri in _READY_STORES or not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    from core.jobs import file_lock
+    from core.files import file_lock
 
     db = Path(uri.removeprefix("sqlite:///"))
     with file_lock(db.with_name(db.name + ".lock")):

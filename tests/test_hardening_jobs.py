@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, tracking
+from core import files, jobs, tracking
 from core.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,17 +212,17 @@ def test_study_refusing_an_existing_study_leaves_its_status_alone(small_phantom,
 
 def test_write_json_final_overwrites_in_place_when_no_new_file_fits(tmp_path, monkeypatch):
     path = tmp_path / "status.json"
-    jobs.write_json_atomic(path, {"state": "running", "message": "training", "losses": {"loss_d": 0.5}, "step": 7})
+    files.write_json_atomic(path, {"state": "running", "message": "training", "losses": {"loss_d": 0.5}, "step": 7})
 
     def disk_full(p, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(p))
-    monkeypatch.setattr(jobs, "write_json_atomic", disk_full)
-    assert jobs.write_json_final(path, {"state": "failed", "message": "disk full", "losses": {"loss_d": 0.5},
+    monkeypatch.setattr(files, "write_json_atomic", disk_full)
+    assert files.write_json_final(path, {"state": "failed", "message": "disk full", "losses": {"loss_d": 0.5},
                                         "step": 7})
     assert json.loads(path.read_text()) == {"state": "failed", "message": "disk full", "losses": {"loss_d": 0.5},
                                             "step": 7}
     long = "x" * 5000   # longer than the file: the essential fields alone, still in place
-    assert jobs.write_json_final(path, {"state": "failed", "message": "disk full", "detail": long, "step": 7})
+    assert files.write_json_final(path, {"state": "failed", "message": "disk full", "detail": long, "step": 7})
     assert json.loads(path.read_text())["state"] == "failed"
 
 
@@ -232,7 +232,7 @@ def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp
     import core.gan.train
 
     full = {"now": False}
-    real_atomic = jobs.write_json_atomic
+    real_atomic = files.write_json_atomic
 
     def atomic(path, data):
         if full["now"]:
@@ -242,7 +242,7 @@ def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp
     def save_checkpoint(path, state):
         full["now"] = True
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(jobs, "write_json_atomic", atomic)
+    monkeypatch.setattr(files, "write_json_atomic", atomic)
     monkeypatch.setattr(core.gan.commands, "write_json_atomic", atomic)
     monkeypatch.setattr(core.gan.train, "save_checkpoint", save_checkpoint)
     out = tmp_path / "job"

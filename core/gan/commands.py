@@ -24,7 +24,7 @@ intervals) into ``<out>/quality.json``, the run's ``gen_*`` metrics and the tag
 
 It is rewritten atomically (temp file + rename) at most every 2 s, and at every epoch and
 state change. A terminal state is written even on a full disk (in place:
-:func:`core.jobs.write_json_final`); ``host`` and ``pid_start`` name the process, so
+:func:`core.files.write_json_final`); ``host`` and ``pid_start`` name the process, so
 :func:`read_status` reports ``died`` for a job whose process is gone while its file still says
 running. Everything is validated before the first side effect (``--out``, status.json, the
 MLflow run), and ``<out>/.lock`` keeps a second job off the same folder
@@ -45,7 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.cli import error_text, log, progress_printer, read_config
-from core.jobs import ACTIVE_STATUS, process_gone, process_identity, write_json_atomic, write_json_final
+from core.files import write_json_atomic, write_json_final
+from core.jobs import ACTIVE_STATUS, process_gone, process_identity
 
 STATUS_FILE = "status.json"
 STATUS_EVERY_S = 2.0
@@ -88,7 +89,7 @@ class StatusFile:
 
     def end(self, state: str, message: str, **fields) -> bool:
         """Record a terminal ``state``; never raises. On a full disk the file is overwritten in
-        place (:func:`core.jobs.write_json_final`); False if even that failed, and the job
+        place (:func:`core.files.write_json_final`); False if even that failed, and the job
         runner then records the outcome from the command's JSON line."""
         self.fields.update(fields, state=state, message=message)
         ok = write_json_final(self.path, {**self.fields, "updated": now_iso()})

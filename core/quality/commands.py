@@ -66,7 +66,8 @@ def check_inputs(cfg) -> None:
 def cmd_quality(args) -> dict:
     from core.cli import error_text
     from core.data.datasets import load_dataset
-    from core.jobs import FolderLock, process_identity, write_json_atomic, write_json_final
+    from core.files import write_json_atomic, write_json_final
+    from core.jobs import FolderLock, process_identity
     from core.quality.evaluate import evaluate
     from core.quality.report import PAIRS_DIR, REPORT_FILES, load_report
     from core.tracking import check_store, start_run

@@ -195,7 +195,7 @@ def checkpoint_sampler(checkpoint: str | Path, device: str = "cpu", seed: int = 
 
 def write_quality(folder: str | Path, quality: Mapping) -> Path:
     """``<folder>/quality.json`` (atomic), beside the checkpoint it describes."""
-    from core.jobs import write_json_atomic
+    from core.files import write_json_atomic
 
     path = Path(folder) / QUALITY_FILE
     write_json_atomic(path, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)

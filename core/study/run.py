@@ -325,7 +325,7 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     write their job specs), then rebuild the results table from MLflow. ``status``: an object
     with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
     from core import tracking
-    from core.jobs import write_json_atomic
+    from core.files import write_json_atomic
     from core.study.results import collect_cells, results_table, sensitivity_table, table_text, write_results
     from core.study.verdict import verdict_text
 
@@ -426,7 +426,7 @@ class _NoStatus:
 # --- fan-out: job specs and run-cell ------------------------------------------------------------
 
 def write_specs(study: Study, pending: list[Cell]) -> list[Path]:
-    from core.jobs import write_json_atomic
+    from core.files import write_json_atomic
 
     folder = study.out / "specs"
     shutil.rmtree(folder, ignore_errors=True)

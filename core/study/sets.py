@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.jobs import file_lock
+from core.files import file_lock
 from core.study.grid import AUG_SETS, AugSet, StudyConfig
 
 Log = Callable[[str], None]
@@ -229,7 +229,7 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         if result.state != "finished" or result.checkpoint is None:
             raise ValueError(f"the {variant} GAN of the study did not finish: {result.message}")
         log(f"  {variant}: {result.message} ({result.seconds:.0f} s, {result.img_per_s:.0f} img/s)")
-        from core.jobs import write_json_atomic
+        from core.files import write_json_atomic
 
         chosen = result.best_checkpoint or result.checkpoint   # the lowest-KID checkpoint when checked
         write_json_atomic(done, {"checkpoint": str(chosen), "last_checkpoint": str(result.checkpoint),
