@@ -3,6 +3,9 @@ that every finding is drawn, visible and inside its box."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -495,3 +498,45 @@ def test_implant_is_learnable_from_pixels():
             pred = min(cents, key=lambda k: np.sum((vec(im) - cents[k]) ** 2))
             correct += pred == lab
     assert correct / 24 >= 0.8
+
+
+# --------------------------------------------------------------------------- pinned output
+
+# sha256 over every (label, size, seed) below of the float32 pixel bytes and the sample's label,
+# boxes, signs and vertebrae, and of a small built dataset (its manifest's content_hash, which
+# covers the PNG files' sha256). Pinned from the code as it was before render_phantom was split
+# into a findings table (commit 884c679) so that refactoring cannot change a single bit.
+# Computed with numpy 2.4 / Pillow 13 (zlib 1.2.13) on x86-64: another numpy build or CPU
+# may round float32 exp/sin/cos differently in the last bit, and another zlib may compress
+# the PNGs differently; if only that changed, recompute the constants on the old code.
+PINNED_RENDERS = "913a995ad905dd7d67caaac64d6117324330eba1b8244919899f9544467d0757"
+PINNED_DATASET = "1966a8f978caf4ff360ef9c371f27bcdf504999623ff2465fe0dcb4189f8a631"
+PINNED_SIZES = (32, 97, 256)
+PINNED_SEEDS = (0, 5)
+
+
+def _sample_digest(s: PhantomSample) -> bytes:
+    h = hashlib.sha256()
+    h.update(f"{s.image.dtype}{s.image.shape}".encode())
+    h.update(s.image.tobytes())
+    meta = {"label": s.label, "boxes": [vars(b) for b in s.boxes], "sign": s.sign, "vertebrae": s.vertebrae}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.digest()
+
+
+def test_pinned_render_hash():
+    """render_phantom's output is bit-identical to the pinned one for every label."""
+    h = hashlib.sha256()
+    for label in CLASS_NAMES:
+        for size in PINNED_SIZES:
+            for seed in PINNED_SEEDS:
+                h.update(_sample_digest(render_phantom(label, size, seed)))
+    assert h.hexdigest() == PINNED_RENDERS
+
+
+def test_pinned_dataset_hash(tmp_path):
+    """A small built phantom dataset (images, boxes, splits, studies) is the pinned one."""
+    from core.data.datasets import build_phantom_dataset
+
+    ds = build_phantom_dataset(tmp_path / "pinned", n=24, size=64, seed=3, workers=1)
+    assert ds.content_hash == PINNED_DATASET
