@@ -16,15 +16,14 @@ image ``i`` the generator ``rng.spawn(n)[i]``, so ``apply_batch`` equals ``apply
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.augment.batch import run_numpy
 from core.augment.ops import STUDY_OPERATIONS, check_image, get_op, transform_boxes
+from core.augment.torch_batch import run_torch
 
 FORMAT = "medaug-pipeline/1"
 MODES = ("chain", "one_of")
@@ -212,62 +211,8 @@ class Pipeline:
             plans = [self.plan(child, shape) for child in rng.spawn(n)]
         if isinstance(batch, np.ndarray):
             check_image(batch[0], "batch")
-            return self._run_numpy(batch, plans, workers), plans
-        from core.augment.torch_batch import run_torch
-
+            return run_numpy(self.steps, batch, plans, workers), plans
         return run_torch(self, batch, plans, workers), plans
-
-    def _groups(self, plans: list[dict[int, dict]], shape: tuple[int, int]):
-        """Per step: (step index, op, member images, their applied params, the output shape)."""
-        for s, step in enumerate(self.steps):
-            members = [i for i, plan in enumerate(plans) if s in plan]
-            if not members:
-                continue
-            op = get_op(step.op)
-            applied = [plans[i][s] for i in members]
-            shapes = {op.output_shape(a, shape) for a in {id(a): a for a in applied}.values()}
-            out_shape = shapes.pop()
-            if shapes or (out_shape != shape and len(members) != len(plans)):
-                raise ValueError(f"step {s + 1} ({op.name}) changes the image size, so in a batch it "
-                                 f"must run on every image: set its probability to 1 (chain mode).")
-            yield s, op, members, applied, out_shape
-            shape = out_shape
-
-    def _run_numpy(self, batch: np.ndarray, plans, workers: int | None) -> np.ndarray:
-        out = batch
-        for s, op, members, applied, out_shape in self._groups(plans, batch.shape[1:]):
-            if len(members) == len(out):      # the whole batch: no gather, no scatter
-                out = run_kernel(op, out, applied, workers)
-                continue
-            result = run_kernel(op, out[members], applied, workers)
-            if out is batch:
-                out = batch.copy()
-            out[members] = result
-        return out
-
-
-def run_kernel(op, batch: np.ndarray, applied: list[dict], workers: int | None = None) -> np.ndarray:
-    """Apply one operation to an (n, H, W) batch with per-image params into a new array: the op's
-    batch kernel if it has one, else image by image. Large batches are split over threads, each
-    writing its slice in place (Pillow, SciPy and NumPy release the GIL in their loops)."""
-    n = len(batch)
-    out = np.empty((n, *op.output_shape(applied[0], batch.shape[1:])), dtype=batch.dtype)
-
-    def work(lo: int, hi: int) -> None:
-        if op.apply_many is not None:
-            op.apply_many(batch[lo:hi], applied[lo:hi], out[lo:hi])
-        else:
-            for i in range(lo, hi):
-                out[i] = op.apply(batch[i], applied[i])
-
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), 8))
-    if workers == 1 or n < 4 * workers or not op.threads:
-        work(0, n)
-        return out
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda ab: work(*ab), itertools.pairwise(bounds)))
-    return out
 
 
 def study_pipeline() -> Pipeline:

@@ -9,7 +9,9 @@
   match the CPU within a few grey levels. CLAHE has no GPU kernel: those images make a round
   trip to the CPU. Random fields (noise, elastic) are drawn by NumPy from the planned seeds,
   so both devices see the same randomness.
-Only this module imports torch, and only when a tensor arrives.
+Only this module imports torch, and only when a tensor arrives. It does not import the
+pipeline module: :func:`run_torch` reads the pipeline's ``steps`` and shares the batch
+grouping and the NumPy kernels with it through :mod:`core.augment.batch`.
 """
 from __future__ import annotations
 
@@ -17,23 +19,25 @@ import functools
 
 import numpy as np
 
+from core.augment.batch import run_kernel, run_numpy, step_groups
 from core.augment.ops import _rotate_transpose, elastic_field, get_op, nearest_gather_plan, noise_field
 
 
 def run_torch(pipeline, x, plans, workers=None, device_kernels: bool | None = None):
-    """Run the planned steps on tensor ``x``. ``device_kernels`` (default: on a GPU) picks the
-    torch kernels; tests set it on the CPU to check them against the NumPy kernels."""
+    """Run the planned steps of ``pipeline`` (anything with ``steps``) on tensor ``x``.
+    ``device_kernels`` (default: on a GPU) picks the torch kernels; tests set it on the CPU to
+    check them against the NumPy kernels."""
     import torch
 
     if not (device_kernels if device_kernels is not None else x.device.type != "cpu"):
-        out = pipeline._run_numpy(x.numpy(), plans, workers)
+        out = run_numpy(pipeline.steps, x.numpy(), plans, workers)
         return torch.from_numpy(np.ascontiguousarray(out))
     dtype = x.dtype
     if dtype not in (torch.uint8, torch.uint16):
         raise ValueError(f"batch: expected a uint8 or uint16 tensor, got {dtype}.")
     out = x if dtype == torch.uint8 else x.to(torch.int32)  # few CUDA ops take uint16
     owned = out is not x                                     # may we write into `out`?
-    for s, op, members, applied, out_shape in pipeline._groups(plans, tuple(x.shape[1:])):
+    for s, op, members, applied, out_shape in step_groups(pipeline.steps, plans, tuple(x.shape[1:])):
         kernel = _KERNELS.get(op.name) or (lambda sub, a, d, op=op: _on_cpu(op, sub, a, d, workers))
         if len(members) == len(out):  # the whole batch: no gather, no scatter
             out, owned = kernel(out, applied, dtype).to(out.dtype), True
@@ -50,8 +54,6 @@ def run_torch(pipeline, x, plans, workers=None, device_kernels: bool | None = No
 
 def _on_cpu(op, sub, applied, dtype, workers):
     import torch
-
-    from core.augment.pipeline import run_kernel
 
     arr = sub.to(dtype).cpu().numpy()
     return torch.from_numpy(run_kernel(op, arr, applied, workers)).to(sub.device).to(sub.dtype)
