@@ -66,9 +66,9 @@ def parse_checkpoints(items: list[str]) -> dict[str, str]:
 def generate_plan(plan: pd.DataFrame, checkpoints: dict[str, str], out, seed: int = 0, device: str = "cpu",
                   on_progress=None):
     """Generate every class's synthetic images of ``plan`` into one synthetic set at ``out``."""
+    from core.device import resolve_device
     from core.gan.sample import write_synthetic_set
-
-    from core.gan.train import load_checkpoint, resolve_device
+    from core.gan.train import load_checkpoint
 
     todo = plan[plan["synthetic"] > 0]
     missing = [c for c in todo["class"] if c not in checkpoints and "*" not in checkpoints]

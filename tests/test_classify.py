@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoints import CheckpointError
 from core.classify.evaluate import evaluate, flat_metrics, macro_f1
 from core.classify.models import MODELS, build_model, features, input_size
 from core.classify.train import (
     CHECKPOINT_FILE,
-    CheckpointError,
     ClassifierConfig,
     batches,
     class_weights,

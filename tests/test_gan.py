@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoints import CheckpointError
 from core.gan.diffaug import cutout, diff_augment, translate
 from core.gan.models import Discriminator, Generator, channel_multipliers
-from core.gan.train import (CHECKPOINT_FILE, CheckpointError, GanConfig, GanTrainer, load_checkpoint,
+from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanTrainer, load_checkpoint,
                             train_gan)
 from core.gan.variants import VARIANTS, Variant, gradient_penalty, wasserstein_loss
 

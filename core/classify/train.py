@@ -19,7 +19,7 @@ Speed without changing the maths: data on the device as uint8 and batches by ind
 DataLoader, no per-item Python), channels_last, fused AdamW, losses and accuracies summed on
 the device and read once per epoch (or every ``log_every`` steps when ``on_step`` is given),
 ``torch.inference_mode`` for evaluation, and bf16 autocast where it is faster (see
-:func:`use_bf16`).
+:func:`core.device.use_bf16`).
 
 Determinism: batch order comes from a generator seeded by (seed, epoch) and dropout from the
 global torch RNG, saved in each checkpoint, so on a CPU the same seed gives the same metrics
@@ -45,13 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import distributed
+from core import checkpoints, distributed
 from core.classify.evaluate import evaluate, macro_f1
 from core.classify.models import build_model, input_size, model_spec
-
-# generic helpers of the GAN trainer (device, bf16 capability, uint8 tensors, atomic save); they
-# hold nothing GAN-specific and could move to a shared module
-from core.gan.train import images_to_tensor, native_bf16, resolve_device, save_checkpoint
+from core.config import DictConfig
+from core.device import PRECISIONS, check_device_name, images_to_tensor, resolve_device, set_threads, use_bf16
 
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
@@ -59,18 +57,13 @@ CHECKPOINT_FORMAT = "medaug-classifier-checkpoint/1"
 MODEL_FORMAT = "medaug-classifier-model/1"
 BALANCES = ("none", "weighted_loss", "sampler")
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
 # fields that may change when resuming; every other field must match the checkpoint
 RESUMABLE_FIELDS = ("epochs", "patience", "device", "precision", "threads", "max_seconds", "log_every",
                     "eval_batch_size", "n_boot")
-# bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16). Measured with bench/classify.py --threads 1 on the
-# project's 2-core AMX Xeon, images/s against the DataLoader fp32 baseline, medians of 5 rounds in one run:
-# small_cnn@64 fp32 1.23x, bf16 2.22x; resnet18@64 fp32 1.09x, bf16 2.36x. So bf16 where the CPU has it.
-CPU_BF16_AUTO = True
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(DictConfig):
     model: str = "small_cnn"          # key of core.classify.models.MODELS
     image_size: int = 64              # input side in px (Inception-v3 always uses 299)
     epochs: int = 30                  # most epochs; early stopping may end sooner
@@ -84,7 +77,7 @@ class ClassifierConfig:
     patience: int | None = 8          # stop after this many epochs without a better val macro-F1; None: never
     device: str = "auto"              # "auto" (cuda if present), "cpu", "cuda" or "cuda:N"
     precision: str = "auto"           # "auto": bf16 autocast on GPUs (and on CPUs where measured faster:
-                                      # CPU_BF16_AUTO); "fp32"; or "bf16" (fp32 weights, bf16 maths)
+                                      # core.device.CPU_BF16_AUTO); "fp32"; or "bf16" (fp32 weights, bf16 maths)
     weights_path: str | None = None   # local pretrained state dict (weights_only load); None: random init
     aux_logits: bool | None = None    # GoogLeNet's auxiliary heads (default off); Inception-v3 always on
     threads: int | None = None        # CPU threads for this process; None: torch's default
@@ -94,6 +87,8 @@ class ClassifierConfig:
     log_every: int = 20               # with on_step: read the running loss every N steps (one host sync)
     eval_batch_size: int = 256        # images per forward pass in validation and test
     n_boot: int = 1000                # bootstrap replicates for the test confidence intervals
+
+    WHAT = "classifier config"
 
     def __post_init__(self):
         spec = model_spec(self.model)   # ValueError naming the choices
@@ -115,8 +110,7 @@ class ClassifierConfig:
             raise ValueError(f"schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
         if self.patience is not None and not (isinstance(self.patience, int) and 1 <= self.patience <= 10_000):
             raise ValueError(f"patience={self.patience!r}: choose at least 1 epoch, or None for no early stopping.")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        check_device_name(self.device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
         if self.threads is not None and not 1 <= self.threads <= 1024:
@@ -136,17 +130,6 @@ class ClassifierConfig:
     @property
     def input_size(self) -> int:
         return input_size(self.model, self.image_size)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, fields: Mapping) -> ClassifierConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown classifier config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        return cls(**fields)
 
 
 @dataclass
@@ -168,25 +151,11 @@ class ClassifierResult:
     notes: list[str] = field(default_factory=list)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message names the file and says what to do."""
-
-
 StepCallback = Callable[[int, dict], None]
 EpochCallback = Callable[[int, dict], None]
 
 
 # --- small named rules ---------------------------------------------------------------------
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast: always on GPUs with "auto"; on CPUs only if CPU_BF16_AUTO (bench/classify.py
-    measured it) and the CPU has native bf16 (AMX / AVX512-BF16), as core.gan does."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return True
-    return CPU_BF16_AUTO and native_bf16(device)
-
 
 def epoch_lr(config: ClassifierConfig, epoch: int) -> float:
     """Learning rate of 1-based ``epoch``: constant, or a cosine from lr down to lr/100 at the last epoch."""
@@ -316,17 +285,12 @@ def training_fingerprint(config: ClassifierConfig, train, val, class_names) -> s
 
 
 def check_resume(state: dict, config: ClassifierConfig, fingerprint: str, class_names, where: str) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` can continue with ``config`` on this data
+    """Raise :class:`core.checkpoints.CheckpointError` unless ``state`` can continue with ``config`` on this data
     (only :data:`RESUMABLE_FIELDS` may change). The CLI calls it before any side effect."""
-    old, new = state["config"], config.to_dict()
-    changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
-                              f"use the checkpoint's settings or a new output folder.")
-    if state.get("fingerprint") != fingerprint or state.get("class_names") != [str(c) for c in class_names]:
-        raise CheckpointError(f"{where}: the training/validation data or classes differ from the ones this "
-                              f"checkpoint was trained on; resume on the same data or start a new folder.")
+    same = state.get("fingerprint") == fingerprint and state.get("class_names") == [str(c) for c in class_names]
+    checkpoints.check_resume(state, config.to_dict(), RESUMABLE_FIELDS, same,
+                             "the training/validation data or classes differ from the ones this checkpoint "
+                             "was trained on", where)
 
 
 # --- the trainer ---------------------------------------------------------------------------
@@ -348,9 +312,7 @@ class ClassifierTrainer:
         self.device = resolve_device(distributed.device_for(self.ctx, config.device))
         self.bf16 = use_bf16(self.device, config.precision)
         self.main_process = self.ctx.is_main
-        threads = config.threads or distributed.default_threads(self.ctx)
-        if threads:
-            torch.set_num_threads(threads)
+        set_threads(config.threads, self.ctx)
 
         train_x, train_y, val_x, val_y = _train_val(config, train, val, k)
         self.fingerprint = data_fingerprint(train_x, train_y, val_x, val_y)
@@ -480,47 +442,26 @@ class ClassifierTrainer:
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "class_names": self.class_names,
             "fingerprint": self.fingerprint, "n_train": self.n_train, "step": self.step,
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
-            "loop": loop, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rng": checkpoints.rng_state(self.device), "loop": loop, "saved": checkpoints.saved_at(),
         }
 
     def load_state_dict(self, state: dict, where: str) -> dict:
         """Restore model, optimiser, RNG and step; returns the loop state (epoch, history, best, ...)."""
         check_resume(state, self.config, self.fingerprint, self.class_names, where)
-        try:
-            self.net.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{where}: weights do not fit the network ({str(e)[:200]}); the checkpoint "
-                                  f"is damaged or from another configuration.") from e
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if self.device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        checkpoints.load_weights({"model": self.net, "optimizer": self.opt}, state, where)
+        checkpoints.restore_rng(state["rng"], self.device)
         self.step = int(state["step"])
         return state["loop"]
 
 
+CHECKPOINT_KIND = checkpoints.Kind(CHECKPOINT_FORMAT, "classifier", "train-classifier",
+                                   ("config", "model", "optimizer", "rng", "loop", "step"))
+save_checkpoint = checkpoints.save
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a classifier checkpoint with ``weights_only=True``; a damaged or foreign file gets a
-    :class:`CheckpointError` that names it and says what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here; train with `python -m core train-classifier ... "
-                              f"--out {path.parent}`.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a classifier checkpoint (corrupt or truncated: "
-                              f"{type(e).__name__}: {str(e)[:200]}). Delete it and train again.") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a MedAug classifier checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r}).")
-    missing = [k for k in ("config", "model", "optimizer", "rng", "loop", "step") if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is incomplete. Train again.")
-    return state
+    """A train-classifier checkpoint (:func:`core.checkpoints.load`)."""
+    return checkpoints.load(path, CHECKPOINT_KIND, map_location)
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from core.gan.models import Generator
-from core.gan.train import GanConfig, checkpoint_config, load_checkpoint, resolve_device
+from core.device import resolve_device
+from core.gan.train import GanConfig, checkpoint_config, load_checkpoint
 
 SYNTHETIC_PREFIX = "synthetic-gan"
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -33,7 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import distributed
+from core import checkpoints, distributed
+from core.config import DictConfig
+from core.device import PRECISIONS, check_device_name, images_to_tensor, resolve_device, set_threads, use_bf16
+from core.files import atomic_path
 from core.gan.diffaug import diff_augment
 from core.gan.models import NORMS, RESOLUTIONS, Discriminator, Generator
 from core.gan.variants import VARIANTS, Variant, gradient_penalty
@@ -46,14 +48,13 @@ FIDELITY_NOISE_SEED = 7_000_003   # the fidelity check's fixed noise (apart from
 MIN_STEPS_PER_EPOCH = 20     # tiny classes: an epoch (grid + checkpoint) still holds some training
 CUDA_GRAPH_WARMUP = 3        # eager steps on a side stream before capture (optimizer state, cuDNN plans)
 STAT_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "wasserstein", "gp")
-PRECISIONS = ("auto", "fp32", "bf16")
 # fields that may change when resuming; every other field must match the checkpoint
 RESUMABLE_FIELDS = ("epochs", "max_steps", "max_seconds", "device", "threads", "precision", "cuda_graph", "log_every",
                     "max_abs_loss", "fidelity_every", "fidelity_patience")
 
 
 @dataclass(frozen=True)
-class GanConfig:
+class GanConfig(DictConfig):
     variant: str = "dcgan"             # key of core.gan.variants.VARIANTS: "dcgan", "wgan", "wgan-gp"
     resolution: int = 64               # image side in px: 64, 128 or 256 (32 for quick tests)
     batch: int = 64                    # images per D batch and per G batch
@@ -84,6 +85,8 @@ class GanConfig:
     fidelity_every: int | None = None  # run the fidelity check (train_gan's fidelity_fn) every N generator steps
                                        # and keep the lowest-KID checkpoint as best.pt; None: no check
     fidelity_patience: int | None = None  # stop when KID has not improved for this many checks (None: never)
+
+    WHAT = "GAN config"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -116,8 +119,7 @@ class GanConfig:
             raise ValueError(f"lr={self.lr}: choose a learning rate in (0, 1], or None for the variant's.")
         if self.n_critic is not None and not 1 <= self.n_critic <= 100:
             raise ValueError(f"n_critic={self.n_critic}: choose between 1 and 100, or None for the variant's.")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        check_device_name(self.device)
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise ValueError(f"threads={self.threads}: choose between 1 and 1024, or None for torch's default.")
         if self.precision not in PRECISIONS:
@@ -146,19 +148,6 @@ class GanConfig:
     @property
     def effective_n_critic(self) -> int:
         return self.n_critic if self.n_critic is not None else self.spec.n_critic
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able fields (tuples become lists): for job files, MLflow and checkpoints."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, fields: Mapping) -> GanConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown GAN config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        return cls(**{k: (tuple(v) if k == "classes" else v) for k, v in fields.items()})
-
 
 @dataclass
 class EpochReport:
@@ -209,55 +198,20 @@ class FidelityState:
                    int(d.get("since_best", 0)), [list(p) for p in d.get("curve", [])])
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message names the file and says what to do."""
-
-
 class GanDiverged(ValueError):
     """Training diverged (NaN or runaway loss); raised by the CLI after it records the status."""
 
 
 # --- checkpoints -------------------------------------------------------------------------
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write atomically: a temp file in the same folder, then rename over ``path``, so a failed
-    write (a full disk) leaves the last good checkpoint. A write failure raises the OSError
-    (ENOSPC, EFBIG, ...) naming ``path``, not torch's bare RuntimeError."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:     # through a Python file, so the OSError of a failed write survives
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except RuntimeError as e:
-        cause = e.__context__
-        if isinstance(cause, OSError) and cause.errno is not None:
-            raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from e
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+CHECKPOINT_KIND = checkpoints.Kind(CHECKPOINT_FORMAT, "GAN", "train-gan",
+                                   ("config", "generator", "discriminator", "opt_g", "opt_d", "rng", "step"))
+save_checkpoint = checkpoints.save
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with ``weights_only=True`` (no pickle code runs); a damaged or foreign file gets a
-    :class:`CheckpointError` that names it and says what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here; train one with `python -m core train-gan ... --out {path.parent}`.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:   # zip, pickle and EOF errors all mean the same thing to a user
-        raise CheckpointError(f"{path}: cannot be read as a GAN checkpoint (corrupt or truncated: "
-                              f"{type(e).__name__}: {str(e)[:200]}). Delete it and train again, "
-                              f"or point to an intact copy.") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a MedAug GAN checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r}); use a checkpoint written by train-gan.")
-    missing = [k for k in ("config", "generator", "discriminator", "opt_g", "opt_d", "rng", "step") if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is incomplete. Train again.")
-    return state
+    """A train-gan checkpoint (:func:`core.checkpoints.load`)."""
+    return checkpoints.load(path, CHECKPOINT_KIND, map_location)
 
 
 def checkpoint_config(state: dict) -> GanConfig:
@@ -265,19 +219,12 @@ def checkpoint_config(state: dict) -> GanConfig:
 
 
 def check_resume(state: dict, config: GanConfig, data_fingerprint: str, n_images: int, where: str) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` can continue with ``config`` on these images
+    """Raise :class:`core.checkpoints.CheckpointError` unless ``state`` can continue with ``config`` on these images
     (only :data:`RESUMABLE_FIELDS` may change). The CLI calls it before any side effect."""
-    old = state["config"]
-    new = config.to_dict()
-    changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        raise CheckpointError(f"{where}: cannot resume with a different configuration ({diffs}); "
-                              f"use the checkpoint's settings or a new --out folder.")
-    if state.get("data_fingerprint") != data_fingerprint:
-        raise CheckpointError(f"{where}: the training images differ from the ones this checkpoint was trained on "
-                              f"({state.get('n_images')} then, {n_images} now); resume on the same data "
-                              f"or start a new --out folder.")
+    checkpoints.check_resume(state, config.to_dict(), RESUMABLE_FIELDS,
+                             state.get("data_fingerprint") == data_fingerprint,
+                             f"the training images differ from the ones this checkpoint was trained on "
+                             f"({state.get('n_images')} then, {n_images} now)", where)
 
 
 def training_fingerprint(images, labels, config: GanConfig) -> tuple[str, int]:
@@ -290,51 +237,11 @@ def training_fingerprint(images, labels, config: GanConfig) -> tuple[str, int]:
 
 # --- the trainer -------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a ``device`` setting; a CUDA device that is not here raises ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: no CUDA GPU is visible here; use --device cpu or auto.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
-                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one of them.")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix maths runs natively here (every CUDA GPU we target; AMX or AVX512-BF16 CPUs)."""
-    if device.type == "cuda":
-        return True
-    cpu = getattr(torch, "cpu", None)
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-
-
 def plan_steps(n_images: int, config: GanConfig) -> tuple[int, int]:
     """(steps per epoch, total steps) for ``n_images`` training images (a time budget may stop earlier)."""
     spe = config.steps_per_epoch or max(math.ceil(n_images / config.batch), MIN_STEPS_PER_EPOCH)
     total = min(config.epochs * spe if config.epochs else 2**62, config.max_steps or 2**62)
     return spe, total
-
-
-def images_to_tensor(images, resolution: int) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, 1, H, W), numpy or torch -> uint8 (N, 1, R, R) on the CPU."""
-    t = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
-    if t.dtype != torch.uint8:
-        raise ValueError(f"images: expected uint8 pixels (N, H, W), got {t.dtype}; convert with core.data.io.to_uint8.")
-    if t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4 or t.shape[1] != 1 or t.shape[0] < 1:
-        raise ValueError(f"images: expected shape (N, H, W) with N >= 1, got {tuple(t.shape)}.")
-    if t.shape[-2:] != (resolution, resolution):   # resize once, up front
-        f = torch.nn.functional.interpolate(t.float(), size=(resolution, resolution), mode="bilinear",
-                                            antialias=True, align_corners=False)
-        t = f.round().clamp(0, 255).to(torch.uint8)
-    return t.contiguous()
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
@@ -357,9 +264,8 @@ def save_png(array: np.ndarray, path: Path) -> None:
     """Atomically, so a page polling the folder never reads half a file."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 class GanTrainer:
@@ -374,7 +280,7 @@ class GanTrainer:
         self.ctx = ctx = ctx or distributed.current()
         self.part = distributed.local_part(config.batch, ctx)   # this rank's slice of every global batch
         self.device = resolve_device(distributed.device_for(ctx, config.device))
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(self.device))
+        self.bf16 = use_bf16(self.device, config.precision)
         if self.variant.critic_norm not in NORMS:
             raise ValueError(f"variant {self.variant.name}: critic_norm {self.variant.critic_norm!r} is not one of {NORMS}.")
         n_classes = len(config.classes) if config.conditional else 0
@@ -393,9 +299,7 @@ class GanTrainer:
         self.data_fingerprint = fingerprint(cpu_images, cpu_labels)
         self.steps_per_epoch, self.total_steps = plan_steps(self.n_images, config)
 
-        threads = config.threads or distributed.default_threads(ctx)
-        if threads:
-            torch.set_num_threads(threads)
+        set_threads(config.threads, ctx)
         torch.manual_seed(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels once
@@ -622,26 +526,16 @@ class GanTrainer:
             "n_images": self.n_images, "data_fingerprint": self.data_fingerprint,
             "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
-            "meta": dict(meta or {}), "metrics": dict(metrics or {}),
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rng": checkpoints.rng_state(self.device),
+            "meta": dict(meta or {}), "metrics": dict(metrics or {}), "saved": checkpoints.saved_at(),
         }
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> int:
         """Restore weights, optimisers, RNG and step from a checkpoint; returns its epoch."""
         check_resume(state, self.config, self.data_fingerprint, self.n_images, where)
-        try:
-            self.G.load_state_dict(state["generator"])
-            self.D.load_state_dict(state["discriminator"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{where}: weights do not fit the networks ({str(e)[:200]}); "
-                                  f"the checkpoint is damaged or from another configuration.") from e
-        torch.set_rng_state(state["rng"]["torch"].cpu())  # map_location may have moved it
-        if self.device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        checkpoints.load_weights({"generator": self.G, "discriminator": self.D, "opt_g": self.opt_g,
+                                  "opt_d": self.opt_d}, state, where)
+        checkpoints.restore_rng(state["rng"], self.device)
         self.step = int(state["step"])
         return int(state.get("epoch", 0))
 

@@ -130,7 +130,7 @@ def train_domain_encoder(images: np.ndarray, labels: np.ndarray, classes: list[s
 def cached_encoder(path: Path, train: Callable[[], dict], what: str, size: int) -> Extractor:
     """A domain encoder from its workspace cache file ``path``, or ``train()``'s state (saved there
     atomically); ``what`` names its training data in the description."""
-    from core.gan.train import save_checkpoint  # atomic torch.save
+    from core.checkpoints import save as save_checkpoint
 
     state = None
     if path.is_file():

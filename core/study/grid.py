@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.augment.ops import STUDY_OPERATIONS
+from core.config import DictConfig
 
 GAN_VARIANTS = ("dcgan", "wgan", "wgan-gp")
 DEFAULT_GAN_STEPS = {"dcgan": 150, "wgan": 60, "wgan-gp": 60}
@@ -82,7 +83,7 @@ def known_networks() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(DictConfig):
     sets: tuple[str, ...] = ("real", *CLASSIC_OPS, "dcgan", "wgan")   # keys of AUG_SETS, in table order
     networks: tuple[str, ...] = ("small_cnn",)   # keys of core.classify.models.MODELS
     seeds: tuple[int, ...] = (0,)                # one cell per seed; 3+ seeds give a t-interval
@@ -127,6 +128,8 @@ class StudyConfig:
     shuffle_labels: bool = False                 # the null control: every cell trains (and selects) on shuffled
                                                  # labels, so no set can truly help; every verdict must then be
                                                  # "no detectable difference" (anything else means a leak or a bug)
+
+    WHAT = "study config"
 
     def __post_init__(self):
         for name in ("sets", "networks", "seeds"):
@@ -195,18 +198,6 @@ class StudyConfig:
             if v and v not in out:
                 out.append(v)
         return tuple(out)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, fields: Mapping) -> StudyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown study config field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        return cls(**fields)
 
     def key(self) -> str:
         """12 hex digits naming what the study computes (where it runs, device and threads, left out)."""
