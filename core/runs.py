@@ -70,8 +70,6 @@ def list_runs(experiment_names: Iterable[str] | None = None, deleted: bool = Fal
     ``status`` is MLflow's, except DIED for a RUNNING run whose process is gone (kill -9, a crash;
     :func:`core.tracking.shown_status`).
     ``tags``, ``params`` and ``metrics`` hold dicts (latest metric values)."""
-    from mlflow.entities import ViewType
-
     exps = experiments()
     if experiment_names is not None:
         wanted = set(experiment_names)
@@ -80,13 +78,11 @@ def list_runs(experiment_names: Iterable[str] | None = None, deleted: bool = Fal
         return _frame([])
     names = dict(exps)
     c = tracking.client()
-    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     rows, token = [], None
     while len(rows) < max_results:
-        page = c.search_runs(list(names), run_view_type=view, max_results=min(1000, max_results - len(rows)),
-                             order_by=["attributes.start_time DESC"], page_token=token)
+        page, token = tracking.search_runs_page(list(names), deleted=deleted, page_token=token, mlflow_client=c,
+                                                max_results=min(1000, max_results - len(rows)))
         rows += [_row(r, names) for r in page]
-        token = page.token
         if not token:
             break
     return _frame(rows)

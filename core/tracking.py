@@ -595,6 +595,20 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
     return Path(client().download_artifacts(run_id, path, str(dst)))
 
 
+def search_runs_page(experiment_ids: list[str], *, deleted: bool = False, max_results: int = 1000,
+                     page_token: str | None = None, filter_string: str = "",
+                     order_by: tuple[str, ...] = ("attributes.start_time DESC",), mlflow_client=None):
+    """One page of the runs of these experiments (the trash with ``deleted``), as MLflow Run
+    objects, and the token of the next page (None after the last)."""
+    from mlflow.entities import ViewType
+
+    c = mlflow_client or client()
+    page = c.search_runs(list(experiment_ids), filter_string=filter_string,
+                         run_view_type=ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
+                         max_results=max_results, order_by=list(order_by), page_token=page_token)
+    return list(page), page.token or None
+
+
 def search_runs(kind: str | None = None, max_results: int = 200, experiment: str = DEFAULT_EXPERIMENT):
     """Runs of one job kind (all kinds by default), newest first, as MLflow Run objects."""
     c = client()
