@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 def films(n: int, height: int, seed: int) -> Path:
     """The benchmark's VinDr folder, written on first use."""
-    from core.data.vindr import VindrExportConfig, export_phantom_vindr
+    from core.data.vindr_export import VindrExportConfig, export_phantom_vindr
 
     folder = ROOT / "bench" / "out" / f"ingest-vindr-n{n}-h{height}-s{seed}"
     if not (folder / ".complete").is_file():

@@ -158,7 +158,7 @@ def test_codecs_pydicom_cannot_encode_decode_from_its_bundled_files(encoded, ref
 
 
 def _hashed_uid_file(path: Path) -> Path:
-    from core.data.vindr import write_vindr_dicom
+    from core.data.vindr_export import write_vindr_dicom
 
     counts = ramp(12, (64, 48)).astype(np.uint16)
     write_vindr_dicom(path, counts, False, {"image": "a" * 32, "study": "b" * 32, "series": "c" * 32}, "test")

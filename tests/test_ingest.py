@@ -36,7 +36,8 @@ from core.data.io import to_uint8
 from core.data.manifest import file_sha256
 from core.data.phantom import render_phantom
 from core.data.prepare import JOURNAL_FILE, STATE_DIR, PrepareConfig, prepare, read_report, staging_dir
-from core.data.vindr import NO_FINDING, VindrExportConfig, export_phantom_vindr, read_vindr
+from core.data.vindr import NO_FINDING, read_vindr
+from core.data.vindr_export import VindrExportConfig, export_phantom_vindr
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "artifacts"

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from core.data.dicom import looks_like_dicom
 from core.data.io import IMAGE_SUFFIXES
-from core.data.prepare import LoadProblem, SourceItem
+from core.data.sources import LoadProblem, SourceItem
 
 ENV_DATA_ROOTS = "MEDAUG_DATA_ROOTS"
 MAX_ZIP_BYTES = 4 * 1024**3       # total uncompressed size a zip may inflate to

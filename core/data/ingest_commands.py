@@ -51,7 +51,7 @@ def cmd_prepare(args) -> dict:
 
 def cmd_phantom_vindr(args) -> dict:
     """``phantom --format vindr``: the phantom in the VinDr-SpineXR layout; --size is the film height."""
-    from core.data.vindr import VindrExportConfig, export_phantom_vindr, export_summary
+    from core.data.vindr_export import VindrExportConfig, export_phantom_vindr, export_summary
 
     t0 = time.perf_counter()
     config = VindrExportConfig(n=args.n, height=args.size, seed=args.seed, noise=args.noise,

@@ -12,7 +12,7 @@ only when complete (pixel cache included), so a killed or failed run never looks
 dataset. Re-preparing a finished folder moves it back to the staging name first.
 
 Resumable: every finished source file is appended to ``.prepare/done.jsonl`` after its
-PNG is in place (PNGs are written to a temp name and renamed), so a killed run leaves no
+PNG is in place (PNGs, like every file here, are written to a temp name and renamed), so a killed run leaves no
 half-written entry and a second run skips what is done. The run's settings are kept in
 ``.prepare/config.json``; a folder prepared with other settings is refused.
 
@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from core.data.io import ImageReadError
-from core.files import STORAGE_ERRORS, is_storage_error
+from core.data.sources import LoadProblem, SourceItem
+from core.files import STORAGE_ERRORS, atomic_path, is_storage_error, write_json_atomic
 
 SOURCES = ("phantom", "vindr", "folder")
 LABEL_MODES = ("single", "multi", "patch")
@@ -55,30 +56,6 @@ PARTIAL_SUFFIX = ".partial"  # the staging folder beside --out is .<name>.partia
 _PIXEL_SETTINGS = ("source", "root", "size", "label_mode", "patch_margin", "min_patch", "window")
 
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class LoadProblem:
-    """One row of the load report."""
-
-    file: str       # the file (or CSV row) concerned, relative to the source folder where possible
-    stage: str      # where it was found: zip, scan, csv, labels, decode, boxes
-    reason: str     # what is wrong, in words
-    action: str     # what to do about it
-    outcome: str = "file skipped"  # what the loader did: file/row/box skipped, or used with a change
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One source image, before decoding."""
-
-    image_id: str                 # id in the prepared dataset (unique)
-    file: str                     # absolute path of the source file
-    labels: tuple[str, ...]       # its findings; the normal class (e.g. "No finding") for a normal image
-    boxes: tuple[dict, ...] = ()  # {"label", "xmin", "ymin", "xmax", "ymax", "where"} in source pixels, unchecked
-    study_id: str = ""            # study (patient visit); splits never cut a study
-    split: str | None = None      # split given by the source, or None to assign one by study
-    where: str = ""               # where the labels came from (e.g. "annotations/train.csv rows 2-4")
 
 
 @dataclass(frozen=True)
@@ -158,13 +135,11 @@ def write_report(problems: list[LoadProblem], path: Path) -> Path:
     """Write the load report CSV atomically (a header-only file when there were no problems)."""
     import csv
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(REPORT_COLUMNS)
         for p in problems:
             w.writerow([getattr(p, c) for c in REPORT_COLUMNS])
-    tmp.replace(path)
     return path
 
 
@@ -242,13 +217,11 @@ def _save_png(pixels: np.ndarray, path: Path) -> str:
 
     from core.data.manifest import file_sha256
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
+    except OSError as e:
+        if e.filename is None:
             e.filename = str(path)  # a failed write() does not say which file it was
         raise
     return file_sha256(path)
@@ -492,9 +465,7 @@ def _open_output(config: PrepareConfig, out: Path, work: Path, force: bool) -> d
     (work / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (work / STATE_DIR).mkdir(exist_ok=True)
     _remove_temp_files(work)  # left by a killed run
-    tmp = work / STATE_DIR / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1))
-    tmp.replace(work / STATE_DIR / CONFIG_FILE)
+    write_json_atomic(work / STATE_DIR / CONFIG_FILE, settings, indent=1)
     journal = work / STATE_DIR / JOURNAL_FILE
     _end_at_a_full_line(journal)
     return _read_journal(journal)
@@ -536,7 +507,9 @@ def _end_at_a_full_line(path: Path) -> None:
 
 
 def _remove_temp_files(work: Path) -> None:
-    """Delete the temp files of a failed or killed run (every file is written to a temp name first)."""
+    """Delete the temp files of a failed or killed run (every file is written to a temp name first:
+    ``.<name>.tmp-<pid>`` beside it, see :func:`core.files.temp_path`; the patterns also match the
+    ``<name>.tmp`` / ``<name>.tmp-<pid>`` names of older versions)."""
     for pattern in (f"{IMAGES_DIR}/*.tmp-*", "*.tmp*", f"{STATE_DIR}/*.tmp*"):
         for tmp in work.glob(pattern):
             tmp.unlink(missing_ok=True)
@@ -820,9 +793,8 @@ def _write(out: Path, records: list[dict], config: PrepareConfig, facts: dict, p
     }
     write_report(problems, out / REPORT_FILE)
     cols = ["image_id", "source_file", "orig_width", "orig_height", "bits", "photometric", "transfer_syntax"]
-    tmp = out / (SOURCES_FILE + ".tmp")
-    df[cols].to_csv(tmp, index=False)
-    tmp.replace(out / SOURCES_FILE)
+    with atomic_path(out / SOURCES_FILE) as tmp:
+        df[cols].to_csv(tmp, index=False)
     return write_dataset(out, df[list(COLUMNS)], meta)
 
 
