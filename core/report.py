@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.files import write_text_atomic
+
 MAX_CHARTS = 24                      # metric charts per report (the rest are listed by name)
 MAX_IMAGE_BYTES = 4 * 1024 * 1024    # larger image artifacts are named, not embedded
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -296,9 +298,7 @@ def write_report(run_ids: Iterable[str], out: str | Path, **kwargs) -> dict:
         raise ValueError(f"--out {out} is a folder; give a file name ending in .html.")
     text = build_report(run_ids, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, text)
     return {"out": str(out), "bytes": len(text.encode("utf-8")), "charts": text.count('class="chart"'),
             "images": text.count("<figure>")}
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.data.datasets import Dataset
 from core.data.io import ImageReadError, read_image, to_uint8
+from core.files import atomic_path
 
 
 @dataclass(eq=False)
@@ -88,14 +89,11 @@ def pixel_cache(ds: Dataset, size: int = 256,
 
 
 def _build(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Path, on_progress) -> None:
-    tag = f".tmp-{os.getpid()}"
-    tmps = [path.with_name(path.name + tag), Path(str(ok_path) + tag), Path(str(err_path) + tag)]
-    try:
-        _build_files(ds, size, path, ok_path, err_path, on_progress, tmps)
-    except BaseException:  # a full disk, Ctrl+C: leave no temp files behind
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
+    """Write the three files under temp names beside them (a full disk or Ctrl+C leaves none
+    behind), then rename them together: ok and errors first, the pixels last (the ``with``
+    blocks end innermost first), so the pixel file's presence marks a complete cache."""
+    with atomic_path(path) as tmp, atomic_path(err_path) as err_tmp, atomic_path(ok_path) as ok_tmp:
+        _build_files(ds, size, on_progress, tmp, ok_tmp, err_tmp)
 
 
 def _reserve(f, nbytes: int) -> None:
@@ -110,10 +108,9 @@ def _reserve(f, nbytes: int) -> None:
             raise
 
 
-def _build_files(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Path, on_progress,
-                 tmps: list[Path]) -> None:
+def _build_files(ds: Dataset, size: int, on_progress, tmp: Path, ok_tmp: Path, err_tmp: Path) -> None:
+    """Fill the pixel file ``tmp`` (its blocks reserved first) and write ``ok_tmp`` and ``err_tmp``."""
     n = len(ds.manifest)
-    tmp, ok_tmp, err_tmp = tmps
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
     with open(tmp, "r+b") as f:
         _reserve(f, os.path.getsize(tmp))
@@ -134,7 +131,3 @@ def _build_files(ds: Dataset, size: int, path: Path, ok_path: Path, err_path: Pa
     with open(ok_tmp, "wb") as f:
         np.save(f, ok)
     err_tmp.write_text(json.dumps(errors, indent=1))
-    # ok/errors first, pixels last: the pixel file's presence marks a complete cache
-    os.replace(ok_tmp, ok_path)
-    os.replace(err_tmp, err_path)
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.data import manifest as mf
 from core.data.splits import DEFAULT_FRACTIONS, study_split
+from core.files import write_text_atomic
 
 META_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -142,9 +143,7 @@ def write_dataset(root: str | Path, manifest: pd.DataFrame, meta: dict) -> Datas
             "images": len(manifest)}
     meta.setdefault("classes", sorted(manifest["label"].unique()))
     meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    tmp = root / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(root / META_FILE)
+    write_text_atomic(root / META_FILE, json.dumps(meta, indent=2))
     return Dataset(root=root.resolve(), meta=meta, manifest=manifest)
 
 

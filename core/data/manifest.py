@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.files import atomic_path
+
 COLUMNS = ("image_id", "path", "split", "label", "labels", "boxes", "study_id", "source",
            "width", "height", "sha256")
 SPLITS = ("train", "val", "test")
@@ -121,9 +123,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
     out = df[list(COLUMNS)].copy()
     for col in _JSON_COLUMNS:
         out[col] = [json.dumps(v) for v in out[col]]
-    tmp = path.with_name(path.name + ".tmp")
-    out.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        out.to_parquet(tmp, index=False)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
