@@ -12,6 +12,10 @@ layout in particular: per-epoch images such as the GAN's ``grids/epoch_0007.png`
   picks each run's image for one shared epoch.
 - :func:`rename_run`, :func:`delete_runs` (MLflow's soft delete: the run goes to the trash) and
   :func:`restore_runs`.
+- :func:`run_summaries`: the runs of one job kind as plain :class:`RunSummary` records, for the run
+  pickers of the GAN and Classify pages (pages never read MLflow objects).
+- :func:`gan_grids` / :func:`folder_grids`: a GAN run's per-epoch sample grids, from its job folder
+  or its artifacts (the GAN page and the quality job's fidelity over training read them so).
 
 mlflow is reached only through :mod:`core.tracking`, lazily.
 """
@@ -35,6 +39,7 @@ LIST_COLUMNS = ["run_id", "name", "kind", "status", "start_time", "duration_s", 
                 "metrics"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 _EPOCH_RE = re.compile(r"epoch[_\-]?(\d+)", re.IGNORECASE)
+GRIDS_DIR = "grids"   # core.gan.train writes <out>/grids/epoch_XXXX.png (and logs them there); not imported: torch
 
 # Metric names whose best value is the largest (substring match, lower case); the rest of the
 # known names are best when smallest. A metric matching neither has no "best".
@@ -107,6 +112,33 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     df["start_time"] = pd.to_datetime(df["start_time"].astype("float64"), unit="ms", utc=True)
     df["duration_s"] = df["duration_s"].astype("float64")
     return df
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as a page's run picker shows it: plain values, no MLflow objects."""
+    run_id: str
+    name: str                  # the run name (the id's first characters when it has none)
+    status: str                # as shown: DIED for a RUNNING run whose process is gone
+    dataset_id: str = ""       # tag medaug.dataset_id
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def run_summaries(kind: str, max_results: int = 100) -> list[RunSummary]:
+    """The runs of one job kind (tag medaug.kind), newest first, as :class:`RunSummary`; ``[]`` when
+    there are none (or the store was never created)."""
+    if not store_exists():
+        return []
+    return [summary_of(r) for r in tracking.search_runs(kind, max_results=max_results)]
+
+
+def summary_of(r) -> RunSummary:
+    """An MLflow Run as a :class:`RunSummary`."""
+    info, tags = r.info, dict(r.data.tags)
+    return RunSummary(run_id=info.run_id, name=info.run_name or info.run_id[:8],
+                      status=tracking.shown_status(info.status, tags),
+                      dataset_id=tags.get(tracking.TAG_DATASET_ID, ""), tags=tags, params=dict(r.data.params))
 
 
 @dataclass(frozen=True)
@@ -397,20 +429,49 @@ def list_artifacts_tree(run_id: str, depth: int = 2) -> list[str]:
 
 
 def epoch_of_path(path: str) -> int | None:
+    """The epoch in a file name (``epoch_0007.png`` -> 7), None when it names none."""
     m = _EPOCH_RE.search(Path(path).stem)
     return int(m.group(1)) if m else None
+
+
+def epoch_series(paths: Iterable[str]) -> list[tuple[int, str]]:
+    """(epoch, path) of the images among ``paths`` with an epoch in their names, epochs ascending
+    (one path per epoch: the last given wins)."""
+    found: dict[int, str] = {}
+    for p in paths:
+        e = epoch_of_path(str(p))
+        if e is not None and str(p).lower().endswith(IMAGE_SUFFIXES):
+            found[e] = str(p)
+    return sorted(found.items())
 
 
 def epoch_images(run_id: str, paths: Iterable[str] | None = None) -> dict[str, list[tuple[int, str]]]:
     """Image series with an epoch in the file names, by folder: ``{"grids": [(1, "grids/epoch_0001.png"),
     ...]}``, epochs ascending. The GAN logs its fixed-noise grids this way (core.gan.train)."""
     paths = list_artifacts_tree(run_id) if paths is None else paths
-    series: dict[str, dict[int, str]] = {}
+    folders: dict[str, list[str]] = {}
     for p in paths:
-        e = epoch_of_path(p)
-        if e is not None and p.lower().endswith(IMAGE_SUFFIXES):
-            series.setdefault(str(Path(p).parent).strip("."), {})[e] = p
-    return {k: sorted(v.items()) for k, v in sorted(series.items())}
+        folders.setdefault(str(Path(p).parent).strip("."), []).append(p)
+    series = {k: epoch_series(v) for k, v in sorted(folders.items())}
+    return {k: v for k, v in series.items() if v}
+
+
+def folder_grids(folder: str | Path) -> list[tuple[int, str]]:
+    """(epoch, file path) of the per-epoch sample grids in a train-gan output folder
+    (``<folder>/grids/epoch_XXXX.png``), epochs ascending; ``[]`` when it has none."""
+    grids = Path(folder).expanduser() / GRIDS_DIR
+    return epoch_series(str(p) for p in grids.iterdir() if p.is_file()) if grids.is_dir() else []
+
+
+def gan_grids(job_dir: str | Path | None = None, run_id: str | None = None) -> list[tuple[int, str]]:
+    """(epoch, path) of a GAN run's per-epoch fixed-noise grids: files of its job folder while that
+    holds a grids folder, else the run's artifact paths (``grids/epoch_0001.png``, for
+    :func:`artifact_bytes` or :func:`core.tracking.download_artifact`); ``[]`` with neither."""
+    if job_dir is not None and (Path(job_dir) / GRIDS_DIR).is_dir():
+        return folder_grids(job_dir)
+    if run_id:
+        return epoch_series(tracking.list_artifacts(run_id, GRIDS_DIR))
+    return []
 
 
 def other_images(paths: Iterable[str]) -> list[str]:

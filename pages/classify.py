@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import jobs, tracking
+from core import jobs, runs, tracking
 from core.charts import classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure, study_bar_figure
 from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, StudyConfig, cells, preset
 from core.study.results import delta_sensitivity, wide_table
@@ -158,27 +158,14 @@ def classifier_progress(job: jobs.Job) -> None:
         curves_and_confusion(s["run_id"], f"job_{job.id}", s.get("best_epoch"), finished=not job.active)
 
 
+def job_view(job: jobs.Job) -> None:
+    ui.job_progress(job)
+    (study_progress if job.command == "study" else classifier_progress)(job)
+
+
 def live_panel() -> None:
-    mine = [j for j in jobs.list_jobs() if j.command in JOB_COMMANDS]
-    if not mine:
-        st.info("No classifier or study jobs yet: launch one in the Study or Single run tab.")
-        return
-    ids = [j.id for j in mine]
-    if st.session_state.get("clf_job_pick") not in ids:
-        st.session_state["clf_job_pick"] = ids[0]
-    job_id = st.selectbox("Job", ids, key="clf_job_pick",
-                          format_func=lambda i: next(f"{j.label} — {j.state} ({j.id})" for j in mine if j.id == i))
-    active = jobs.get_job(job_id).active
-
-    @st.fragment(run_every=2.0 if active else None)
-    def live() -> None:
-        job = jobs.get_job(job_id)
-        ui.job_progress(job)
-        (study_progress if job.command == "study" else classifier_progress)(job)
-        if active and not job.active:
-            st.rerun()  # the job just ended: stop polling
-
-    live()
+    ui.live_jobs_panel(JOB_COMMANDS, job_view, pick_key="clf_job_pick",
+                       empty="No classifier or study jobs yet: launch one in the Study or Single run tab.")
 
 
 @st.cache_data(show_spinner="Paired tests against real only…", ttl=30)
@@ -244,23 +231,21 @@ def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: boo
 
 
 def results_tab() -> None:
-    runs = tracking.search_runs("study", max_results=100)
-    if not runs:
+    by_id = {r.run_id: r for r in runs.run_summaries("study", max_results=100)}
+    if not by_id:
         st.info("No study in the tracking store yet: launch one in the Study tab, or run "
                 "`python -m core study --preset quick`.")
         return
-    by_id = {r.info.run_id: r for r in runs}
-    shown = {i: tracking.shown_status(r.info.status, r.data.tags) for i, r in by_id.items()}  # DIED: process gone
     c = st.columns([3, 1])
     wanted = st.query_params.get("study", "")   # ?study=RUN_ID (or its first characters) opens that study
     first = next((i for i, k in enumerate(by_id) if wanted and k.startswith(wanted)), 0)
-    run_id = c[0].selectbox("Study", list(by_id), key="st_pick", index=first,
-                            format_func=lambda i: f"{by_id[i].info.run_name} — {shown[i]} · "
-                                                  f"{by_id[i].data.tags.get('medaug.dataset_id', '')} · {i[:8]}")
+    run_id = c[0].selectbox("Study", list(by_id), key="st_pick", index=first,   # status DIED: its process is gone
+                            format_func=lambda i: f"{by_id[i].name} — {by_id[i].status} · {by_id[i].dataset_id} · "
+                                                  f"{i[:8]}")
     metric = c[1].selectbox("Metric", METRICS, key="st_metric")
-    run = by_id[run_id]
-    st.caption(f"Study run `{run_id}` · {run.data.tags.get('medaug.study.cells', '?')} cells · test split hash "
-               f"`{run.data.tags.get('medaug.study.test_hash', '?')}` · folder `{run.data.tags.get('medaug.out', '')}`")
+    tags = by_id[run_id].tags
+    st.caption(f"Study run `{run_id}` · {tags.get('medaug.study.cells', '?')} cells · test split hash "
+               f"`{tags.get('medaug.study.test_hash', '?')}` · folder `{tags.get('medaug.out', '')}`")
     results_view(run_id, "past", metric)
 
 

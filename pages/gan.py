@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import jobs, tracking
+from core import jobs, runs, tracking
 from core.balance import class_balance_plan
 from core.charts import balance_plan_figure, gan_curves_figure
 from core.gan.variants import VARIANTS
@@ -86,16 +86,6 @@ def train_form() -> None:
         st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
 
 
-def grids_of(job: jobs.Job | None, run_id: str | None) -> list[tuple[int, str]]:
-    """(epoch, image path) of the per-epoch fixed-noise grids: the job folder while it exists,
-    else the run's MLflow artifacts."""
-    if job is not None and (job.dir / "grids").is_dir():
-        return [(int(p.stem.split("_")[-1]), str(p)) for p in sorted((job.dir / "grids").glob("*.png"))]
-    if run_id:
-        return [(int(Path(a).stem.split("_")[-1]), a) for a in tracking.list_artifacts(run_id, "grids")]
-    return []
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def artifact_file(run_id: str, path: str) -> str:
     return str(tracking.download_artifact(run_id, path))
@@ -125,7 +115,7 @@ def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
     elif status.get("fidelity"):
         f = status["fidelity"]
         curves.caption(f"Fidelity check {f['checks']}: best KID {f['best_kid']:.3g} at step {f['best_step']}.")
-    grids = grids_of(job, run_id)
+    grids = runs.gan_grids(job.dir if job else None, run_id)   # the job folder while it exists, else MLflow
     with grid:
         if not grids:
             st.caption("The first sample grid appears after the first epoch.")
@@ -139,41 +129,20 @@ def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
 
 
 def live_panel() -> None:
-    gan_jobs = [j for j in jobs.list_jobs() if j.command == "train-gan"]
-    if not gan_jobs:
-        st.info("No GAN jobs yet: launch one in the Train tab.")
-        return
-    ids = [j.id for j in gan_jobs]
-    if st.session_state.get("gan_job_pick") not in ids:
-        st.session_state["gan_job_pick"] = ids[0]
-    job_id = st.selectbox("Job", ids, key="gan_job_pick",
-                          format_func=lambda i: next(f"{j.label} — {j.state} ({j.id})" for j in gan_jobs
-                                                     if j.id == i))
-    active = jobs.get_job(job_id).active
-
-    @st.fragment(run_every=2.0 if active else None)
-    def live() -> None:
-        job = jobs.get_job(job_id)
-        run_view(job, job.status.get("run_id"), "live")
-        if active and not job.active:
-            st.rerun()  # the job just ended: stop polling
-
-    live()
+    ui.live_jobs_panel(["train-gan"], lambda job: run_view(job, job.status.get("run_id"), "live"),
+                       pick_key="gan_job_pick", empty="No GAN jobs yet: launch one in the Train tab.")
 
 
 def past_runs() -> None:
-    runs = tracking.search_runs("train-gan", max_results=100)
-    if not runs:
+    by_id = {r.run_id: r for r in runs.run_summaries("train-gan", max_results=100)}
+    if not by_id:
         st.info("No GAN runs in the tracking store yet.")
         return
-    by_id = {r.info.run_id: r for r in runs}
-    shown = {i: tracking.shown_status(r.info.status, r.data.tags) for i, r in by_id.items()}  # DIED: process gone
-    run_id = st.selectbox("Run", list(by_id), key="gan_past_run",
-                          format_func=lambda i: f"{by_id[i].info.run_name} — {shown[i]} · "
-                                                f"{by_id[i].data.tags.get('medaug.dataset_id', '')}")
+    run_id = st.selectbox("Run", list(by_id), key="gan_past_run",   # status DIED: its process is gone
+                          format_func=lambda i: f"{by_id[i].name} — {by_id[i].status} · {by_id[i].dataset_id}")
     run = by_id[run_id]
-    st.caption(f"Run `{run_id}` · dataset `{run.data.tags.get('medaug.dataset_id')}` · "
-               f"variant {run.data.params.get('variant')} · {run.data.params.get('resolution')} px")
+    st.caption(f"Run `{run_id}` · dataset `{run.dataset_id or None}` · "
+               f"variant {run.params.get('variant')} · {run.params.get('resolution')} px")
     run_view(None, run_id, "past")
 
 

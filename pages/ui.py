@@ -4,6 +4,7 @@ Heavy modules (torch, mlflow) are never imported here; pages import them when ne
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import streamlit as st
@@ -175,3 +176,32 @@ def job_progress(job) -> None:
         st.warning(s["warning"], icon=":material/cloud_off:")
     with st.expander("Log"):
         st.code(job.log_tail(40) or "(empty)", language=None)
+
+
+def live_jobs_panel(commands: Iterable[str], render: Callable, *, pick_key: str, empty: str) -> None:
+    """A picker over the background jobs running ``commands`` (newest first) and the chosen one drawn
+    by ``render(job)``, redrawn every 2 s while it is active; the page reruns once when it ends.
+    ``st.session_state[pick_key]`` holds the chosen job id (a launch sets it to follow the new job);
+    ``empty`` is shown when there is no such job."""
+    from core import jobs
+
+    commands = tuple(commands)
+    mine = [j for j in jobs.list_jobs() if j.command in commands]
+    if not mine:
+        st.info(empty)
+        return
+    ids = [j.id for j in mine]
+    if st.session_state.get(pick_key) not in ids:
+        st.session_state[pick_key] = ids[0]
+    labels = {j.id: f"{j.label} — {j.state} ({j.id})" for j in mine}
+    job_id = st.selectbox("Job", ids, key=pick_key, format_func=labels.get)
+    active = jobs.get_job(job_id).active
+
+    @st.fragment(run_every=2.0 if active else None)
+    def live() -> None:
+        job = jobs.get_job(job_id)
+        render(job)
+        if active and not job.active:
+            st.rerun()  # the job just ended: stop polling
+
+    live()
