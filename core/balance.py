@@ -88,21 +88,45 @@ def generate_plan(plan: pd.DataFrame, checkpoints: dict[str, str], out, seed: in
     return ds
 
 
-def _cmd_balance(args) -> dict:
-    from core.cli import log, progress_printer
-    from core.data.datasets import load_dataset
+BALANCE_FIELDS = ("data", "target", "classes", "cap", "checkpoints", "out", "seed", "device")
 
-    ds = load_dataset(args.data)
-    plan = class_balance_plan(ds.class_counts("train"), args.target, args.classes or None, args.cap)
+
+def validate(fields: dict):
+    """(fields with defaults, dataset, plan, checkpoints) of a balance job once its values, the
+    dataset, the classes and the plan are checked. ``checkpoints`` is a mapping class -> path (or
+    ``CLASS=PATH`` words). The command runs it first; :func:`core.jobs.submit` before queueing."""
+    from core.data.datasets import load_dataset
+    from core.device import resolve_device
+
+    unknown = sorted(set(fields) - set(BALANCE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown balance field(s) {unknown}; known: {', '.join(BALANCE_FIELDS)}.")
+    fields = {"target": "max", "seed": 0, "device": "cpu", **{k: v for k, v in fields.items() if v is not None}}
+    if not fields.get("data"):
+        raise ValueError("balance needs --data (or \"data\" in --config).")
+    checkpoints = fields.get("checkpoints") or {}
+    if not isinstance(checkpoints, dict):
+        checkpoints = parse_checkpoints(list(checkpoints))
+    if checkpoints and not fields.get("out"):
+        raise ValueError("--out is needed to generate the plan's images (or drop --checkpoint to plan only).")
+    resolve_device(fields["device"])
+    ds = load_dataset(fields["data"])
+    plan = class_balance_plan(ds.class_counts("train"), fields["target"], fields.get("classes") or None,
+                              fields.get("cap"))
+    return fields, ds, plan, checkpoints
+
+
+def _cmd_balance(args) -> dict:
+    from core.cli import job_fields, log, progress_printer
+
+    fields, ds, plan, checkpoints = validate(job_fields(args, "balance", required=(),
+                                                        rename={"checkpoint": "checkpoints"}))
     log(f"Balancing plan for the train split of {ds.id} (target {plan.attrs['target']} per class):")
     log(plan.to_string(index=False))
     summary = {"target": plan.attrs["target"], "plan": plan.to_dict("records"),
                "synthetic_total": int(plan["synthetic"].sum())}
-    if args.checkpoint:
-        if not args.out:
-            raise ValueError("--out is needed to generate the plan's images (or drop --checkpoint to plan only).")
-        out = generate_plan(plan, parse_checkpoints(args.checkpoint), args.out, args.seed, args.device,
-                            progress_printer(0.25))
+    if checkpoints:
+        out = generate_plan(plan, checkpoints, fields["out"], fields["seed"], fields["device"], progress_printer(0.25))
         if out is None:
             log("Nothing to generate: every class is at or above the target.")
         else:
@@ -113,14 +137,16 @@ def _cmd_balance(args) -> dict:
 
 def register(sub) -> None:
     s = sub.add_parser("balance", help="plan (and generate) synthetic images to balance the training classes")
-    s.add_argument("--data", required=True, help="dataset folder (its train split is counted)")
-    s.add_argument("--target", default="max", help="'max' (largest class), 'median', or images per class")
+    s.add_argument("--data", help="dataset folder (its train split is counted)")
+    s.add_argument("--config", help="JSON file with any of these fields (flags given here win); checkpoints as "
+                                    "an object class -> path")
+    s.add_argument("--target", default=None, help="'max' (largest class, default), 'median', or images per class")
     s.add_argument("--classes", nargs="*", help="only top up these classes (default: all)")
     s.add_argument("--cap", type=float, default=None, help="at most this many synthetic images per real one")
     s.add_argument("--checkpoint", action="append", metavar="CLASS=PATH",
                    help="GAN checkpoint per class (repeat), or '*=PATH' for a conditional model; "
                         "without it the command only plans")
     s.add_argument("--out", help="synthetic set folder to write")
-    s.add_argument("--seed", type=int, default=0, help="noise seed of the first class (default 0)")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    s.add_argument("--seed", type=int, default=None, help="noise seed of the first class (default 0)")
+    s.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     s.set_defaults(func=_cmd_balance)

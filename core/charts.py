@@ -317,15 +317,19 @@ def classifier_curves_figure(history: pd.DataFrame, best_epoch: int | None = Non
 
 
 def confusion_matrix_figure(matrix, classes: list[str], title: str = "Confusion matrix (test split)"):
-    """Rows = true class, columns = predicted; colour = share of the true class, text = counts."""
+    """Rows = true class, columns = predicted; colour = share of the true class, text = count and share
+    ("–" for a class with no test images). The page and the run's confusion_matrix.html artifact."""
     import numpy as np
     import plotly.graph_objects as go
 
     cm = np.asarray(matrix, dtype=float)
-    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = cm / np.maximum(rows, 1)
+    text = [[f"{int(cm[i, j])}<br>{share[i, j]:.0%}" if rows[i, 0] else "–" for j in range(len(classes))]
+            for i in range(len(classes))]
     fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
-                               text=cm.astype(int), texttemplate="%{text}", colorbar={"title": "row share"},
-                               hovertemplate="true %{y}<br>predicted %{x}: %{text} (%{z:.0%})<extra></extra>"))
+                               text=text, texttemplate="%{text}", colorbar={"title": "row share"},
+                               hovertemplate="true %{y}<br>predicted %{x}: %{text}<extra></extra>"))
     fig.update_layout(title=title, height=260 + 34 * len(classes), margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       xaxis={"title": "predicted", "tickangle": -45, "automargin": True},
                       yaxis={"title": "true", "autorange": "reversed", "automargin": True})

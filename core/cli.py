@@ -60,6 +60,25 @@ def read_config(path: str | None, command: str) -> dict:
     return fields
 
 
+def job_fields(args, command: str, required: tuple[str, ...] = ("data", "out"),
+               rename: dict[str, str] | None = None) -> dict:
+    """A job's fields: its ``--config`` JSON overlaid by the flags given on the command line (a flag
+    left at None is not given). ``rename`` maps argparse names to field names (``class_name`` ->
+    ``class``); ``required`` fields must be set one way or the other."""
+    rename = rename or {}
+    fields = read_config(getattr(args, "config", None), command)
+    for old, new in rename.items():
+        if old in fields:
+            fields[new] = fields.pop(old)
+    for key, value in vars(args).items():
+        if key not in ("config", "func", "command") and value is not None:
+            fields[rename.get(key, key)] = value
+    for key in required:
+        if not fields.get(key):
+            raise ValueError(f"{command} needs --{key.replace('_', '-')} (or \"{key}\" in --config).")
+    return fields
+
+
 PROG = "python -m core"
 
 

@@ -20,6 +20,8 @@ Only rank 0 logs to MLflow, writes checkpoints and sample grids (:func:`is_main`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -212,6 +214,17 @@ def agree(flag: bool, ctx: Context) -> bool:
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()
+
+
+@contextmanager
+def rank0_first(ctx: Context) -> Iterator[None]:
+    """Run the block on rank 0 before the other ranks (which wait at a barrier), so rank 0 builds a
+    shared cache (the pixel cache) and the others read it. A plain process just runs the block."""
+    if ctx.active and not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.active and ctx.is_main:
+        barrier(ctx)
 
 
 def shutdown() -> None:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,22 +154,44 @@ def list_jobs() -> list[Job]:
     return sorted(jobs, key=lambda j: j.meta.get("created", 0), reverse=True)
 
 
-def submit(argv: Sequence[str], config: dict | None = None, label: str = "") -> Job:
-    """Queue ``python -m core <argv> [--config config.json]`` and start it if a slot is free.
+# commands whose jobs are validated before they are queued: command -> module with ``validate(fields)``,
+# the same checks the command itself runs on its --config before its first side effect
+VALIDATED = {"train-gan": "core.gan.commands", "train-classifier": "core.classify.commands",
+             "quality": "core.quality.commands", "study": "core.study.commands", "balance": "core.balance"}
 
-    ``config``, when given, is written to the job folder as JSON and passed as ``--config``;
-    put ``out`` in it as ``"{job_dir}"`` to have the command write into the job folder."""
-    if not argv or not isinstance(argv[0], str):
-        raise ValueError("argv must start with a core command name, like ['train-gan', ...].")
+
+def validate(command: str, config: Mapping) -> None:
+    """Raise ValueError (naming the field and what to do) unless ``config`` is a valid job of ``command``."""
+    import importlib
+
+    if command not in VALIDATED:
+        raise ValueError(f"{command!r} is not a job command with a config; choose one of {', '.join(VALIDATED)}.")
+    importlib.import_module(VALIDATED[command]).validate(dict(config))
+
+
+def submit(command: str, config: Mapping | None = None, label: str = "", argv: Sequence[str] = ()) -> Job:
+    """Queue ``python -m core <command> [argv] [--config config.json]`` and start it if a slot is free.
+
+    ``config`` (the command's ``--config`` fields, e.g. a config dataclass's ``to_dict()`` plus
+    ``data`` and ``out``) is validated first (:func:`validate`), so a bad value is an error here,
+    not a failed job; the commands of :data:`VALIDATED` need one. It is written to the job folder
+    as JSON and passed as ``--config``; put ``out`` in it as ``"{job_dir}"`` to have the command
+    write into the job folder. ``argv``: flags for commands without a config (``phantom``)."""
+    if not isinstance(command, str) or not command:
+        raise ValueError("command must be a core command name, like 'train-gan'.")
+    if command in VALIDATED:
+        if config is None:
+            raise ValueError(f"{command} jobs are submitted with a config (its --config fields).")
+        validate(command, config)
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     folder = jobs_dir() / job_id
     folder.mkdir(parents=True)
-    argv = [a.replace("{job_dir}", str(folder)) for a in argv]
+    argv = [command, *(a.replace("{job_dir}", str(folder)) for a in argv)]
     if config is not None:
-        config = json.loads(json.dumps(config).replace("{job_dir}", str(folder).replace("\\", "\\\\")))
+        config = json.loads(json.dumps(dict(config)).replace("{job_dir}", str(folder).replace("\\", "\\\\")))
         write_json_atomic(folder / "config.json", config)
         argv += ["--config", str(folder / "config.json")]
-    write_json_atomic(folder / "job.json", {"state": "queued", "argv": list(argv), "label": label,
+    write_json_atomic(folder / "job.json", {"state": "queued", "argv": argv, "label": label,
                                             "created": time.time()})
     schedule()
     return get_job(job_id)

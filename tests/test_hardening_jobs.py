@@ -28,6 +28,9 @@ def tiny_gan(width: int = 8) -> list[str]:
 
 
 TINY_GAN = tiny_gan()
+# the same job as a config, as pages submit it (jobs.submit validates it first)
+TINY_GAN_CONFIG = {"resolution": 32, "batch": 16, "width": 8, "nz": 16, "class": "Osteophytes", "steps_per_epoch": 5,
+                   "log_every": 1, "threads": 1, "device": "cpu", "max_steps": 100000, "epochs": 100000}
 TINY_CLS = ["--image-size", "32", "--batch-size", "16", "--threads", "1", "--n-boot", "10", "--device", "cpu",
             "--classes", "No finding,Osteophytes"]
 
@@ -228,8 +231,8 @@ def test_write_json_final_overwrites_in_place_when_no_new_file_fits(tmp_path, mo
 
 def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp_path, monkeypatch, capsys):
     """The checkpoint write fails with ENOSPC, and from then on no new file can be created."""
-    import core.gan.commands
     import core.gan.train
+    import core.tracked
 
     full = {"now": False}
     real_atomic = files.write_json_atomic
@@ -243,7 +246,7 @@ def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp
         full["now"] = True
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(files, "write_json_atomic", atomic)
-    monkeypatch.setattr(core.gan.commands, "write_json_atomic", atomic)
+    monkeypatch.setattr(core.tracked, "write_json_atomic", atomic)
     monkeypatch.setattr(core.gan.train, "save_checkpoint", save_checkpoint)
     out = tmp_path / "job"
     assert main(["train-gan", "--data", str(small_phantom.root), "--out", str(out), *TINY_GAN,
@@ -319,8 +322,8 @@ def test_folder_lock_names_its_holder_and_is_released(tmp_path, monkeypatch):
 def test_a_second_job_on_the_same_out_refuses_and_names_the_first(small_phantom, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "4")
     out = tmp_path / "shared"
-    first = jobs.submit(["train-gan", "--data", str(small_phantom.root), "--out", str(out), *TINY_GAN,
-                         "--max-steps", "100000", "--epochs", "100000"], label="first")
+    first = jobs.submit("train-gan", {**TINY_GAN_CONFIG, "data": str(small_phantom.root), "out": str(out)},
+                        label="first")
     try:
         status = wait_status(out, lambda s: s.get("state") == "running" and s.get("step", 0) > 0)
         for command, extra in (("train-gan", TINY_GAN), ("train-classifier", TINY_CLS)):
@@ -339,7 +342,7 @@ def test_a_second_job_on_the_same_out_refuses_and_names_the_first(small_phantom,
 
 def test_killed_train_gan_shows_died_and_resumes_into_the_same_mlflow_run(small_phantom, tmp_path, capsys):
     from core import runs
-    from core.gan.commands import read_status
+    from core.tracked import read_status
     from core.gan.train import load_checkpoint
 
     out = tmp_path / "job"
@@ -417,8 +420,8 @@ def test_killed_train_classifier_resumes_into_the_same_mlflow_run(small_phantom,
 
 def test_a_killed_command_shows_as_died_in_the_job_list(small_phantom, monkeypatch):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "4")
-    job = jobs.submit(["train-gan", "--data", str(small_phantom.root), "--out", "{job_dir}", *TINY_GAN,
-                       "--max-steps", "100000", "--epochs", "100000"], label="to be killed")
+    job = jobs.submit("train-gan", {**TINY_GAN_CONFIG, "data": str(small_phantom.root), "out": "{job_dir}"},
+                      label="to be killed")
     try:
         wait_status(job.dir, lambda s: s.get("state") == "running" and s.get("step", 0) > 0)
         os.kill(jobs.get_job(job.id).meta["child_pid"], signal.SIGKILL)

@@ -23,27 +23,40 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
-from core.cli import error_text, log, progress_printer, read_config
+from core.cli import job_fields, log, progress_printer
 
 # --config keys that are not ClassifierConfig fields
 JOB_KEYS = ("data", "out", "resume", "classes")
 
 
-def job_fields(args) -> dict:
-    """--config JSON overlaid by the flags given on the command line."""
-    fields = read_config(args.config, "train-classifier")
-    for key, value in vars(args).items():
-        if key in ("config", "func", "command") or value is None:
-            continue
-        fields[key] = value
+def validate(fields: dict):
+    """(job keys, ClassifierConfig, data folder) of a train-classifier job, once every check that needs
+    no pixels has passed: values, device, data folder, classes. The command runs it first;
+    :func:`core.jobs.submit` runs it before a job is queued."""
+    from core.classify.train import ClassifierConfig
+    from core.data.datasets import load_dataset
+    from core.device import resolve_device
+
+    fields = dict(fields)
+    job = {k: fields.pop(k, None) for k in JOB_KEYS}
     for key in ("data", "out"):
-        if not fields.get(key):
+        if not job[key]:
             raise ValueError(f"train-classifier needs --{key} (or \"{key}\" in --config).")
-    return fields
+    config = ClassifierConfig.from_dict(fields)       # fail fast on bad values, before loading pixels
+    resolve_device(config.device)                     # e.g. --device cuda on a machine without CUDA
+    data = Path(job["data"]).expanduser()
+    if not data.exists():
+        raise ValueError(f"--data {data}: no such folder; create one with `python -m core phantom --out {data}`.")
+    ds = load_dataset(data)
+    if isinstance(job["classes"], str):
+        job["classes"] = [c.strip() for c in job["classes"].split(",") if c.strip()]
+    unknown = sorted(set(job["classes"] or ()) - set(ds.classes))
+    if unknown:
+        raise ValueError(f"--classes: {', '.join(unknown)} not in {ds.root}; its classes are {', '.join(ds.classes)}.")
+    return job, config, ds
 
 
 def _finite(value):
@@ -55,25 +68,6 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def confusion_figure(metrics: dict, title: str = "Confusion matrix (test)"):
-    """Plotly heatmap: rows true class, columns predicted; counts and row percentages."""
-    import numpy as np
-    import plotly.graph_objects as go
-
-    cm = np.array(metrics["confusion_matrix"], dtype=float)
-    names = metrics["classes"]
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    text = [[f"{int(cm[i, j])}<br>{share[i, j]:.0%}" if rows[i, 0] else "–" for j in range(len(names))]
-            for i in range(len(names))]
-    fig = go.Figure(go.Heatmap(z=share, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
-                               zmin=0, zmax=1, colorbar={"title": "share of row"},
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-                      height=200 + 40 * len(names), margin={"l": 10, "r": 10, "t": 50, "b": 10})
-    return fig
 
 
 def per_class_table(metrics: dict) -> dict[str, list]:
@@ -94,33 +88,18 @@ def per_class_table(metrics: dict) -> dict[str, list]:
 def cmd_train_classifier(args) -> dict:
     from core import distributed, tracking
     from core.classify.data import classifier_splits
-    from core.classify.evaluate import SUMMARY_METRICS, flat_metrics
-    from core.classify.train import (CHECKPOINT_FILE, ClassifierConfig, check_resume, load_checkpoint, resolve_device,
-                                     train_classifier, training_fingerprint)
-    from core.data.datasets import load_dataset
-    from core.gan.commands import StatusFile
-    from core.jobs import FolderLock
+    from core.classify.evaluate import SUMMARY_METRICS
+    from core.classify.train import (CHECKPOINT_FILE, check_resume, load_checkpoint, train_classifier,
+                                     training_fingerprint)
+    from core.tracked import tracked_job
 
     # 1. validate everything (values, device, data, classes, checkpoint, store) before any side effect
-    fields = job_fields(args)
-    job = {k: fields.pop(k, None) for k in JOB_KEYS}
-    config = ClassifierConfig.from_dict(fields)       # fail fast on bad values, before loading pixels
-    resolve_device(config.device)                     # e.g. --device cuda on a machine without CUDA
+    job, config, ds = validate(job_fields(args, "train-classifier", required=()))
     out = Path(job["out"]).expanduser().resolve()
-    data = Path(job["data"]).expanduser()
-    if not data.exists():
-        raise ValueError(f"--data {data}: no such folder; create one with `python -m core phantom --out {data}`.")
-    ds = load_dataset(data)
-    classes = job["classes"]
-    if isinstance(classes, str):
-        classes = [c.strip() for c in classes.split(",") if c.strip()]
     ctx = distributed.init(config.device)   # under torchrun: join the other ranks
-    if ctx.active and not ctx.is_main:
-        distributed.barrier(ctx)             # rank 0 builds the pixel cache first
-    splits = classifier_splits(ds, config.input_size, classes,
-                               on_progress=progress_printer(0.25) if ctx.is_main else None)
-    if ctx.active and ctx.is_main:
-        distributed.barrier(ctx)
+    with distributed.rank0_first(ctx):       # rank 0 builds the pixel cache
+        splits = classifier_splits(ds, config.input_size, job["classes"],
+                                   on_progress=progress_printer(0.25) if ctx.is_main else None)
     if not ctx.is_main:                      # the other ranks train silently: rank 0 logs, checkpoints, reports
         result = train_classifier(config, splits.train, splits.val, splits.test, splits.class_names,
                                   checkpoint_dir=out, resume=bool(job["resume"]))
@@ -141,18 +120,11 @@ def cmd_train_classifier(args) -> dict:
         del state
     tracking.check_store()
 
-    # 2. side effects: the folder, its lock (one job per folder), the status file, the MLflow run
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out, "train-classifier").acquire()
-    status = StatusFile(out, kind="train-classifier", out=str(out), state="starting", message="loading", epoch=0,
-                        epochs=config.epochs, eta_s=None, img_per_s=None, metrics={}, best_epoch=0, run_id=None,
-                        checkpoint=None, model=None, test=None, config=config.to_dict())
-
-    def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        status.update(force=True)
+    # 2. the job: folder, lock, status file, SIGTERM, MLflow run (core.tracked)
+    with tracked_job("train-classifier", out, lambda s: f"at epoch {s['epoch']}; continue with --resume --out {out}",
+                     message="loading", epoch=0, epochs=config.epochs, eta_s=None, img_per_s=None, metrics={},
+                     best_epoch=0, checkpoint=None, model=None, test=None, config=config.to_dict()) as tj:
+        status = tj.status
         counts = splits.counts()
         log(f"train-classifier {config.model} at {config.input_size} px on {ds.id}: "
             + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
@@ -167,20 +139,11 @@ def cmd_train_classifier(args) -> dict:
                 "medaug.classifier.shuffle_labels": config.shuffle_labels}
         if job["resume"] and (out / CHECKPOINT_FILE).is_file():
             tags["medaug.resumed"] = True
-        def tracking_trouble(message: str) -> None:
-            """The store failed or recovered (core.tracking queues and retries): say so, keep training."""
-            log(f"  tracking: {message}")
-            status.update(force=True, warning=None if "reachable again" in message else message)
-
-        with tracking.continue_run(resume_from, "classifier", params, dataset=ds, tags=tags, on_error=tracking_trouble,
-                                   run_name=f"{config.model} {config.input_size}px s{config.seed}"
-                                            + (" shuffled labels" if config.shuffle_labels else "")) as run:
-            if resume_from:
-                log(f"  resume: {run.note}")
+        with tj.run(resume_from, "classifier", params, dataset=ds, tags=tags,
+                    run_name=f"{config.model} {config.input_size}px s{config.seed}"
+                             + (" shuffled labels" if config.shuffle_labels else "")) as run:
             for past in history:   # epochs the checkpoint holds but the run lacks (killed before it logged them)
                 run.log_metrics({k: v for k, v in past.items() if k != "epoch" and math.isfinite(v)}, past["epoch"])
-            lock.note(run_id=run.run_id)
-            status.update(force=True, state="running", message="training", run_id=run.run_id)
             t_start = time.monotonic()
 
             def on_epoch(epoch: int, metrics: dict) -> None:
@@ -202,16 +165,7 @@ def cmd_train_classifier(args) -> dict:
                 log(f"  note: {note}")
             m = result.metrics
             if m:
-                run.log_metrics(flat_metrics(m), result.best_epoch)
-                metrics_path = out / "metrics.json"
-                metrics_path.write_text(json.dumps(_finite({"state": result.state, "message": result.message,
-                                                            "best_epoch": result.best_epoch, "metrics": m,
-                                                            "history": result.history}), indent=1))
-                run.log_artifact(metrics_path)
-                run.log_figure(confusion_figure(m), "confusion_matrix.html")
-                run.log_table(per_class_table(m), "per_class_metrics.json")
-                if result.model_path and result.model_path.stat().st_size < 200 * 2**20:
-                    run.log_artifact(result.model_path, "model")
+                log_test_results(run, result, out)
             run.set_tags({"medaug.classifier.state": result.state,
                           "medaug.classifier.best_epoch": result.best_epoch,
                           "medaug.classifier.precision": result.precision})
@@ -222,17 +176,6 @@ def cmd_train_classifier(args) -> dict:
         test = {k: m[k] for k in SUMMARY_METRICS} if m else None
         status.end(result.state, result.message, eta_s=0.0, best_epoch=result.best_epoch,
                    model=str(result.model_path) if result.model_path else None, test=_finite(test))
-    except KeyboardInterrupt:
-        status.end("cancelled", "cancelled")
-        raise ValueError(f"train-classifier cancelled at epoch {status.fields['epoch']}; "
-                         f"continue with --resume --out {out}.") from None
-    except BaseException as e:
-        if status.fields.get("state") not in ("diverged",):
-            status.end("failed", error_text(e))
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        lock.release()   # held until the outcome is on disk
     log(f"{result.message} {result.images_per_s} img/s ({result.precision}, {result.device}).")
     if m:
         log("  test: " + "  ".join(f"{k} {m[k]:.3f} [{m['ci'][k][0]:.3f}, {m['ci'][k][1]:.3f}]" if m.get("ci")
@@ -245,6 +188,25 @@ def cmd_train_classifier(args) -> dict:
         "images_per_s": result.images_per_s, "seconds": result.seconds, "precision": result.precision,
         "out": str(out), "status": str(status.path), "model": str(result.model_path) if result.model_path else None,
         "checkpoint": str(result.checkpoint) if result.checkpoint else None})
+
+
+def log_test_results(run, result, out: Path) -> None:
+    """The test metrics of the tested weights: metrics.json, the confusion matrix, the per-class table, model.pt."""
+    from core.charts import confusion_matrix_figure
+    from core.classify.evaluate import flat_metrics
+    from core.files import write_json_atomic
+
+    m = result.metrics
+    run.log_metrics(flat_metrics(m), result.best_epoch)
+    metrics_path = out / "metrics.json"
+    write_json_atomic(metrics_path, _finite({"state": result.state, "message": result.message,
+                                             "best_epoch": result.best_epoch, "metrics": m,
+                                             "history": result.history}))
+    run.log_artifact(metrics_path)
+    run.log_figure(confusion_matrix_figure(m["confusion_matrix"], m["classes"]), "confusion_matrix.html")
+    run.log_table(per_class_table(m), "per_class_metrics.json")
+    if result.model_path and result.model_path.stat().st_size < 200 * 2**20:
+        run.log_artifact(result.model_path, "model")
 
 
 def register(sub) -> None:

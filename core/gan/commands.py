@@ -22,13 +22,10 @@ without improvement, and at the end measures best.pt (KID, FID, precision, recal
 intervals) into ``<out>/quality.json``, the run's ``gen_*`` metrics and the tag
 ``medaug.gan.usable``.
 
-It is rewritten atomically (temp file + rename) at most every 2 s, and at every epoch and
-state change. A terminal state is written even on a full disk (in place:
-:func:`core.files.write_json_final`); ``host`` and ``pid_start`` name the process, so
-:func:`read_status` reports ``died`` for a job whose process is gone while its file still says
-running. Everything is validated before the first side effect (``--out``, status.json, the
-MLflow run), and ``<out>/.lock`` keeps a second job off the same folder
-(:class:`core.jobs.FolderLock`). ``--resume`` continues the MLflow run named in the checkpoint
+The status file, the folder lock, cancel on SIGTERM and a terminal state even on a full disk
+come from :func:`core.tracked.tracked_job`, as for every long command; :func:`validate` checks
+everything that needs no pixels before the first side effect (and :func:`core.jobs.submit` runs
+it before queueing). ``--resume`` continues the MLflow run named in the checkpoint
 (:func:`core.tracking.continue_run`). ``--config JSON`` holds the same fields as the flags
 (flags given on the command line win), so a job runner can launch
 ``python -m core train-gan --config job.json``.
@@ -36,66 +33,14 @@ MLflow run), and ``<out>/.lock`` keeps a second job off the same folder
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import signal
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from core.cli import error_text, log, progress_printer, read_config
-from core.files import write_json_atomic, write_json_final
-from core.jobs import ACTIVE_STATUS, process_gone, process_identity
+from core.cli import job_fields, log, progress_printer
 
-STATUS_FILE = "status.json"
-STATUS_EVERY_S = 2.0
 # --config keys that are not GanConfig fields
 JOB_KEYS = ("data", "out", "resume", "class")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def read_status(out: str | Path) -> dict | None:
-    """The status of a train-gan job folder, or None if it has none (yet)."""
-    path = Path(out) / STATUS_FILE
-    try:
-        status = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if status.get("state") in ACTIVE_STATUS and process_gone(status.get("pid"), status.get("host"),
-                                                              status.get("pid_start")):
-        status = {**status, "state": "died", "message": f"its process {status.get('pid')} ended without "
-                                                        f"reporting (killed?); continue with --resume --out {out}"}
-    return status
-
-
-class StatusFile:
-    """``<out>/status.json``, merged field by field and rewritten at most every ``every`` seconds."""
-
-    def __init__(self, folder: Path, every: float = STATUS_EVERY_S, **fields):
-        self.path = folder / STATUS_FILE
-        self.every = every
-        self.fields = {"kind": "train-gan", **process_identity(), "started": now_iso(), **fields}
-        self._last = 0.0
-
-    def update(self, force: bool = False, **fields) -> None:
-        self.fields.update(fields)
-        if force or time.monotonic() - self._last >= self.every:
-            write_json_atomic(self.path, {**self.fields, "updated": now_iso()})
-            self._last = time.monotonic()
-
-    def end(self, state: str, message: str, **fields) -> bool:
-        """Record a terminal ``state``; never raises. On a full disk the file is overwritten in
-        place (:func:`core.files.write_json_final`); False if even that failed, and the job
-        runner then records the outcome from the command's JSON line."""
-        self.fields.update(fields, state=state, message=message)
-        ok = write_json_final(self.path, {**self.fields, "updated": now_iso()})
-        if not ok:
-            log(f"  status: could not record state {state!r} in {self.path} (the disk is full?)")
-        return ok
 
 
 def training_images(ds, resolution: int, class_name: str | None, conditional: bool):
@@ -112,9 +57,6 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
     train = (df["split"] == "train").to_numpy().copy()  # pandas 3 returns read-only views
     train &= real_rows(df)                               # a GAN learns from real images only
     if class_name is not None:
-        if class_name not in ds.classes:
-            raise ValueError(f"--class {class_name!r}: not a class of {ds.root}; its classes are "
-                             f"{', '.join(ds.classes)}.")
         train &= (df["label"] == class_name).to_numpy()
     cache = pixel_cache(ds, resolution, on_progress=progress_printer(0.25))
     rows = np.flatnonzero(train & cache.ok)
@@ -131,52 +73,54 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
     return images, np.array([index[c] for c in labels], dtype=np.int64), classes
 
 
-def job_fields(args) -> dict:
-    """--config JSON overlaid by the flags given on the command line."""
-    fields = read_config(args.config, "train-gan")
-    if "class_name" in fields:
-        fields["class"] = fields.pop("class_name")
-    for key, value in vars(args).items():
-        if key in ("config", "func", "command") or value is None:
-            continue
-        fields["class" if key == "class_name" else key] = value
-    for key in ("data", "out"):
-        if not fields.get(key):
-            raise ValueError(f"train-gan needs --{key} (or \"{key}\" in --config).")
-    if fields.get("class") and fields.get("conditional"):
-        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
-    return fields
-
-
-def cmd_train_gan(args) -> dict:
-    from core import distributed, tracking
+def validate(fields: dict):
+    """(job keys, GanConfig fields, dataset) of a train-gan job, once every check that needs no pixels
+    has passed: values, device, data folder, class. The command runs it first; :func:`core.jobs.submit`
+    runs it before a job is queued."""
     from core.data.datasets import load_dataset
     from core.data.manifest import real_rows
-    from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
-                                resolve_device, train_gan, training_fingerprint)
-    from core.jobs import FolderLock
+    from core.device import resolve_device
+    from core.gan.train import GanConfig
 
-    # 1. validate everything (values, device, data, class, checkpoint, store) before any side effect
-    fields = job_fields(args)
+    fields = dict(fields)
+    if "class_name" in fields:
+        fields["class"] = fields.pop("class_name")
     job = {k: fields.pop(k, None) for k in JOB_KEYS}
-    out = Path(job["out"]).expanduser().resolve()
-    conditional = bool(fields.get("conditional"))
+    for key in ("data", "out"):
+        if not job[key]:
+            raise ValueError(f"train-gan needs --{key} (or \"{key}\" in --config).")
+    if job["class"] and fields.get("conditional"):
+        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
     GanConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
     resolve_device(fields.get("device") or "auto")          # e.g. --device cuda on a machine without CUDA
     ds = load_dataset(job["data"])
-    ctx = distributed.init(fields.get("device") or "auto")  # under torchrun: join the other ranks
-    if ctx.active and not ctx.is_main:
-        distributed.barrier(ctx)        # rank 0 builds the pixel cache first
-    images, labels, classes = training_images(ds, fields.get("resolution", GanConfig.resolution), job["class"],
-                                              conditional)
-    if ctx.active and ctx.is_main:
-        distributed.barrier(ctx)
-    config = GanConfig.from_dict({**fields, "classes": classes, "class_name": job["class"]})
-    if config.fidelity_every and ctx.is_main:   # its domain encoder is a classifier: 2+ real classes
-        real_classes = set(ds.manifest["label"][(ds.manifest["split"] == "train").to_numpy() & real_rows(ds.manifest)])
+    if job["class"] is not None and job["class"] not in ds.classes:
+        raise ValueError(f"--class {job['class']!r}: not a class of {ds.root}; its classes are "
+                         f"{', '.join(ds.classes)}.")
+    if fields.get("fidelity_every"):   # its domain encoder is a classifier: 2+ real classes
+        df = ds.manifest
+        real_classes = set(df["label"][(df["split"] == "train").to_numpy() & real_rows(df)])
         if len(real_classes) < 2:
             raise ValueError(f"--fidelity-every: {ds.root} has real training images of {len(real_classes)} class(es); "
                              f"the fidelity check's domain encoder needs 2 or more. Drop --fidelity-every.")
+    return job, fields, ds
+
+
+def cmd_train_gan(args) -> dict:
+    from core import distributed
+    from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
+                                train_gan, training_fingerprint)
+    from core.tracked import tracked_job
+
+    # 1. validate everything (values, device, data, class, checkpoint, store) before any side effect
+    job, fields, ds = validate(job_fields(args, "train-gan", required=(), rename={"class_name": "class"}))
+    out = Path(job["out"]).expanduser().resolve()
+    conditional = bool(fields.get("conditional"))
+    ctx = distributed.init(fields.get("device") or "auto")  # under torchrun: join the other ranks
+    with distributed.rank0_first(ctx):                      # rank 0 builds the pixel cache
+        images, labels, classes = training_images(ds, fields.get("resolution", GanConfig.resolution), job["class"],
+                                                  conditional)
+    config = GanConfig.from_dict({**fields, "classes": classes, "class_name": job["class"]})
     if not ctx.is_main:                 # the other ranks train silently: rank 0 logs, checkpoints, reports
         result = train_gan(images, labels, config, out, resume=bool(job["resume"]))
         distributed.shutdown()
@@ -189,23 +133,18 @@ def cmd_train_gan(args) -> dict:
         check_resume(state, config, *training_fingerprint(images, labels, config), str(out / CHECKPOINT_FILE))
         resume_from = (state.get("meta") or {}).get("run_id")
         del state
+    from core import tracking
+
     tracking.check_store()
 
-    # 2. side effects: the folder, its lock (one job per folder), the status file, the MLflow run
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out, "train-gan").acquire()
-    status = StatusFile(out, out=str(out), state="starting", message="loading", step=0, total_steps=total,
-                        epoch=0, epochs=math.ceil(total / spe), steps_per_epoch=spe, eta_s=None,
-                        img_per_s=None, losses={}, run_id=None, checkpoint=None, grid=None,
-                        config=config.to_dict())
+    # 2. the job: folder, lock, status file, SIGTERM, MLflow run (core.tracked)
     what = job["class"] or ("conditional: " + ", ".join(classes) if conditional else "all classes")
-
-    def on_sigterm(signum, frame):   # a job runner's cancel: end the run as KILLED, status cancelled
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     next_log = [0.0]
-    try:
-        status.update(force=True)
+    with tracked_job("train-gan", out, lambda s: f"at step {s['step']}; continue with --resume --out {out}",
+                     message="loading", step=0, total_steps=total, epoch=0, epochs=math.ceil(total / spe),
+                     steps_per_epoch=spe, eta_s=None, img_per_s=None, losses={}, checkpoint=None, grid=None,
+                     config=config.to_dict()) as tj:
+        status = tj.status
         log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
             f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}"
             + (f"; {ctx.world_size} processes ({ctx.backend}), {config.batch // ctx.world_size} images each per step"
@@ -214,18 +153,9 @@ def cmd_train_gan(args) -> dict:
                   "total_steps": total, "out": str(out), "world_size": ctx.world_size}
         tags = {"medaug.gan.variant": config.variant, "medaug.gan.class": job["class"] or "",
                 "medaug.gan.conditional": conditional, "medaug.out": str(out)}
-        def tracking_trouble(message: str) -> None:   # a lost store must not kill hours of training
-            log(f"  tracking: {message}")
-            status.update(force=True, warning=None if "reachable again" in message else message)
-
         who = job["class"] or ("conditional" if conditional else "all")
-        with tracking.continue_run(resume_from, "train-gan", params, dataset=ds, tags=tags, on_error=tracking_trouble,
-                                   run_name=f"{config.variant} {who} {config.resolution}px") as run:
-            if resume_from:
-                log(f"  resume: {run.note}")
-            lock.note(run_id=run.run_id)
-            status.update(force=True, state="running", message="training", run_id=run.run_id)
-
+        with tj.run(resume_from, "train-gan", params, dataset=ds, tags=tags,
+                    run_name=f"{config.variant} {who} {config.resolution}px") as run:
             t_train = time.monotonic()
 
             def on_step(step: int, metrics: dict) -> None:
@@ -284,36 +214,13 @@ def cmd_train_gan(args) -> dict:
                 run.log_artifact(result.checkpoint, "checkpoint")
             quality = None
             if result.best_checkpoint is not None and ref is not None:
-                from core.quality import fidelity
-
-                status.update(force=True, message="measuring the best checkpoint", best_checkpoint=str(result.best_checkpoint))
-                quality = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), conditional,
-                                                 best_step=result.fidelity["best_step"],
-                                                 checks=result.fidelity["checks"])
-                fidelity.write_quality(out, quality)
-                run.log_metrics(fidelity.mlflow_metrics(quality), result.fidelity["best_step"])
-                run.set_tags({"medaug.gan.usable": quality["usable"], "medaug.gan.best_step": quality["best_step"]})
-                run.log_artifact(result.best_checkpoint, "checkpoint")
-                run.log_artifact(out / fidelity.QUALITY_FILE, "quality")
-                log(f"  best checkpoint: step {quality['best_step']} of {quality['checks']} checks; KID "
-                    f"{quality['kid']:.4g}, precision {quality['precision']:.2f}, recall {quality['recall']:.2f}: "
-                    f"{'usable' if quality['usable'] else 'NOT usable'} ({quality['reason']})")
+                status.update(force=True, message="measuring the best checkpoint",
+                              best_checkpoint=str(result.best_checkpoint))
+                quality = measure_best(run, ref, result, conditional, out)
                 status.update(quality={k: v for k, v in quality.items() if k != "warnings"})
         distributed.shutdown()
         status.end("finished", result.message, step=result.step, epoch=result.epoch, eta_s=0.0,
                    img_per_s=result.img_per_s, checkpoint=str(result.checkpoint) if result.checkpoint else None)
-    except KeyboardInterrupt:
-        status.end("cancelled", "cancelled")
-        raise ValueError(f"train-gan cancelled at step {status.fields['step']}; "
-                         f"continue with --resume --out {out}.") from None
-    except GanDiverged:
-        raise
-    except BaseException as e:
-        status.end("failed", error_text(e))
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        lock.release()   # held until the outcome is on disk
     log(f"{result.message} {result.img_per_s} img/s; checkpoint {result.checkpoint}")
     return {"run_id": run.run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
@@ -322,6 +229,23 @@ def cmd_train_gan(args) -> dict:
             "steps": result.step, "epochs": result.epoch, "img_per_s": result.img_per_s,
             "seconds": result.seconds, "state": result.state, "out": str(out),
             "status": str(status.path), "cuda_graph": result.cuda_graph, "metrics": result.metrics}
+
+
+def measure_best(run, ref, result, conditional: bool, out: Path) -> dict:
+    """KID, FID, precision and recall of the best-KID checkpoint, into OUT/quality.json and the run."""
+    from core.quality import fidelity
+
+    quality = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), conditional,
+                                     best_step=result.fidelity["best_step"], checks=result.fidelity["checks"])
+    fidelity.write_quality(out, quality)
+    run.log_metrics(fidelity.mlflow_metrics(quality), result.fidelity["best_step"])
+    run.set_tags({"medaug.gan.usable": quality["usable"], "medaug.gan.best_step": quality["best_step"]})
+    run.log_artifact(result.best_checkpoint, "checkpoint")
+    run.log_artifact(out / fidelity.QUALITY_FILE, "quality")
+    log(f"  best checkpoint: step {quality['best_step']} of {quality['checks']} checks; KID "
+        f"{quality['kid']:.4g}, precision {quality['precision']:.2f}, recall {quality['recall']:.2f}: "
+        f"{'usable' if quality['usable'] else 'NOT usable'} ({quality['reason']})")
+    return quality
 
 
 def cmd_generate(args) -> dict:

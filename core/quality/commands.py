@@ -11,7 +11,7 @@ import re
 import time
 from pathlib import Path
 
-from core.cli import log, read_config
+from core.cli import job_fields, log
 
 CONFIG_FIELDS = ("real", "synthetic", "epochs_of", "extractor", "inception_weights", "size", "n_per_class",
                  "max_images", "n_boot", "kid_subsets", "pr_k", "memorization_quantile", "diversity_pairs",
@@ -26,15 +26,14 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]+", "_", name).strip() or "set"
 
 
-def config_from_args(args):
+def validate(fields: dict):
+    """(QualityConfig, out or None) of a quality job once its values and inputs are checked (each
+    --synthetic a dataset folder or a checkpoint, --epochs-of a folder with grids). The command runs
+    it first; :func:`core.jobs.submit` runs it before a job is queued."""
     from core.quality.evaluate import QualityConfig
 
-    fields = read_config(args.config, "quality")
-    for key in CONFIG_FIELDS:
-        value = getattr(args, key, None)
-        if value is not None and value != []:
-            fields[key] = value
-    out = fields.pop("out", None) or args.out
+    fields = dict(fields)
+    out = fields.pop("out", None)
     unknown = sorted(set(fields) - set(CONFIG_FIELDS))
     if unknown:
         raise ValueError(f"unknown quality field(s) {unknown}; known: {', '.join(CONFIG_FIELDS)}.")
@@ -42,7 +41,9 @@ def config_from_args(args):
         raise ValueError("quality needs --real DIR (the real dataset folder).")
     if isinstance(fields.get("synthetic"), str):
         fields["synthetic"] = [fields["synthetic"]]
-    return QualityConfig(**{**fields, "synthetic": tuple(fields.get("synthetic") or ())}), out
+    cfg = QualityConfig(**{**fields, "synthetic": tuple(fields.get("synthetic") or ())})
+    check_inputs(cfg)
+    return cfg, out
 
 
 def check_inputs(cfg) -> None:
@@ -64,68 +65,37 @@ def check_inputs(cfg) -> None:
 
 
 def cmd_quality(args) -> dict:
-    from core.cli import error_text
     from core.data.datasets import load_dataset
-    from core.files import write_json_atomic, write_json_final
-    from core.jobs import FolderLock, process_identity
     from core.quality.evaluate import evaluate
-    from core.quality.report import PAIRS_DIR, REPORT_FILES, load_report
-    from core.tracking import check_store, start_run
+    from core.tracked import tracked_job
+    from core.tracking import check_store
     from core.workspace import workspace_dir
 
     # validate (inputs there, dataset loadable, store reachable) before the first side effect
-    cfg, out = config_from_args(args)
-    check_inputs(cfg)
+    cfg, out = validate(job_fields(args, "quality", required=()))
     ds = load_dataset(cfg.real)
     check_store()
     out = Path(out).expanduser() if out else workspace_dir("quality") / "reports" / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out, "quality").acquire()   # one job per report folder
-    status_path = out / "status.json"
-    status = {"kind": "quality", "state": "running", "step": 0, "total_steps": 1, "message": "starting",
-              **process_identity()}
-    last = [0.0]
-
-    def on_progress(done: int, total: int, message: str) -> None:
-        status.update(step=done, total_steps=max(1, total), message=message)
-        if time.monotonic() - last[0] > 1.0 or done >= total:
-            write_json_atomic(status_path, status)
-            last[0] = time.monotonic()
-            log(f"  {message} ({done}/{total})")
-
     log(f"quality: {len(cfg.synthetic)} synthetic set(s){' + epochs of ' + cfg.epochs_of if cfg.epochs_of else ''} "
         f"against {ds.id} train split, extractor {cfg.extractor} -> {out}")
-    try:
-        write_json_atomic(status_path, status)
-        with start_run("quality", cfg, dataset=ds, run_name=f"quality · {len(cfg.synthetic)} set(s)",
-                       tags={"medaug.quality.extractor": cfg.extractor, "medaug.out": str(out)}) as run:
-            status["run_id"] = run.run_id
-            lock.note(run_id=run.run_id)
-            summary = evaluate(cfg, out, on_progress=on_progress)
-            for row in summary["sets"]:
-                key = metric_key(row["set"])
-                run.log_metrics({f"{key}.{m}": row[m] for m in SET_METRICS
-                                 if isinstance(row.get(m), (int, float)) and row[m] == row[m]}, step=0)
-            import pandas as pd
+    with tracked_job("quality", out, lambda s: f"at {s['message']}; run it again", step=0,
+                     total_steps=1) as tj:   # one job per report folder
+        status = tj.status
 
-            for r in load_report(out).epochs.to_dict("records"):
-                run.log_metrics({f"epoch.{m}": r[m] for m in ("fid", "kid", "precision", "recall", "mean_ssim")
-                                 if r.get(m) == r.get(m)}, step=int(r["epoch"]))
-            if summary["sets"]:
-                run.log_table(pd.DataFrame(summary["sets"]), "quality/sets_table.json")
-            run.set_tags({"medaug.quality.sets": " | ".join(r["set"] for r in summary["sets"])[:4000],
-                          "medaug.quality.extractor_description": summary["extractor_description"][:4000]})
-            for name in REPORT_FILES:
-                if (out / name).is_file():
-                    run.log_artifact(out / name, "quality")
-            if any((out / PAIRS_DIR).iterdir()):
-                run.client.log_artifacts(run.run_id, str(out / PAIRS_DIR), f"quality/{PAIRS_DIR}")
-        write_json_final(status_path, {**status, "state": "finished", "message": "done", "step": status["total_steps"]})
-    except BaseException as e:
-        write_json_final(status_path, {**status, "state": "failed", "message": error_text(e)})
-        raise
-    finally:
-        lock.release()
+        last = [0.0]
+
+        def on_progress(done: int, total: int, message: str) -> None:
+            status.update(step=done, total_steps=max(1, total), message=message, force=done >= total)
+            if time.monotonic() - last[0] > 1.0 or done >= total:
+                log(f"  {message} ({done}/{total})")
+                last[0] = time.monotonic()
+
+        with tj.run(None, "quality", cfg, dataset=ds, running="scoring",
+                    run_name=f"quality · {len(cfg.synthetic)} set(s)",
+                    tags={"medaug.quality.extractor": cfg.extractor, "medaug.out": str(out)}) as run:
+            summary = evaluate(cfg, out, on_progress=on_progress)
+            log_quality(run, summary, out)
+        status.end("finished", "done", step=status.fields["total_steps"])
     for row in summary["sets"]:
         log(f"  {row['set']}: FID {row['fid']:.3g} [{row['fid_lo']:.3g}, {row['fid_hi']:.3g}]  KID {row['kid']:.3g}  "
             f"precision {row['precision']:.2f}  recall {row['recall']:.2f}  SSIM {row['mean_ssim']:.3f}  "
@@ -141,12 +111,36 @@ def cmd_quality(args) -> dict:
             "seconds": summary["seconds"]}
 
 
+def log_quality(run, summary: dict, out: Path) -> None:
+    """A quality report into its MLflow run: metrics per set and per epoch, the sets table, the files."""
+    import pandas as pd
+
+    from core.quality.report import PAIRS_DIR, REPORT_FILES, load_report
+
+    for row in summary["sets"]:
+        key = metric_key(row["set"])
+        run.log_metrics({f"{key}.{m}": row[m] for m in SET_METRICS
+                         if isinstance(row.get(m), (int, float)) and row[m] == row[m]}, step=0)
+    for r in load_report(out).epochs.to_dict("records"):
+        run.log_metrics({f"epoch.{m}": r[m] for m in ("fid", "kid", "precision", "recall", "mean_ssim")
+                         if r.get(m) == r.get(m)}, step=int(r["epoch"]))
+    if summary["sets"]:
+        run.log_table(pd.DataFrame(summary["sets"]), "quality/sets_table.json")
+    run.set_tags({"medaug.quality.sets": " | ".join(r["set"] for r in summary["sets"])[:4000],
+                  "medaug.quality.extractor_description": summary["extractor_description"][:4000]})
+    for name in REPORT_FILES:
+        if (out / name).is_file():
+            run.log_artifact(out / name, "quality")
+    if any((out / PAIRS_DIR).iterdir()):
+        run.client.log_artifacts(run.run_id, str(out / PAIRS_DIR), f"quality/{PAIRS_DIR}")
+
+
 def register(sub) -> None:
     s = sub.add_parser("quality", help="score synthetic sets against a real set (SSIM/PSNR, FID/KID, memorization)",
                        description="Per-image metrics against the nearest real training image (same class), set "
                                    "metrics with bootstrap intervals, and a memorization audit. Logs to MLflow.")
     s.add_argument("--real", help="real dataset folder (its train split is the reference)")
-    s.add_argument("--synthetic", action="append", default=[],
+    s.add_argument("--synthetic", action="append", default=None,
                    help="synthetic dataset folder, checkpoint.pt, or train-gan output folder (repeat for several)")
     s.add_argument("--epochs-of", dest="epochs_of", default=None,
                    help="train-gan output folder: score its per-epoch sample grids (fidelity over training)")

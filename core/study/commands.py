@@ -17,10 +17,9 @@
 """
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
-from core.cli import log, read_config
+from core.cli import job_fields, log
 
 JOB_KEYS = ("data", "out", "preset", "resume", "plan_only")
 
@@ -38,34 +37,30 @@ def _parse_gan_steps(items: list[str]) -> dict[str, int]:
     return out
 
 
-def study_fields(args) -> tuple[dict, dict]:
-    """(job options, StudyConfig overrides) from --config JSON overlaid by the flags."""
-    fields = read_config(args.config, "study")
-    flags = {"data": args.data, "out": args.out, "preset": args.preset, "resume": args.resume or None,
-             "plan_only": args.plan_only or None, "sets": args.sets, "networks": args.networks, "seeds": args.seeds,
-             "epochs": args.epochs, "image_size": args.image_size, "device": args.device, "metric": args.metric,
-             "gan_threads": args.gan_threads,
-             "gan_steps": _parse_gan_steps(args.gan_steps) if args.gan_steps else None}
-    fields.update({k: v for k, v in flags.items() if v is not None})
+def validate(fields: dict):
+    """(job keys, preset name, StudyConfig) of a study job once its values are checked. The command
+    runs it first (then :func:`core.study.run.check_study` checks data, networks and checkpoints);
+    :func:`core.jobs.submit` runs it before a job is queued."""
+    from core.study.grid import StudyConfig, preset
+
+    fields = dict(fields)
     job = {k: fields.pop(k, None) for k in JOB_KEYS}
-    return job, fields
+    name = job["preset"] or "quick"
+    base = preset(name)   # raises for an unknown preset
+    if isinstance(fields.get("gan_steps"), (list, tuple)):   # VARIANT=STEPS words from the command line
+        fields["gan_steps"] = _parse_gan_steps(fields["gan_steps"])
+    if "gan_steps" in fields:
+        fields["gan_steps"] = {**base.gan_steps, **fields["gan_steps"]}
+    return job, name, StudyConfig.from_dict({**base.to_dict(), **fields})
 
 
 def cmd_study(args) -> dict:
-    from core.cli import error_text
-    from core.gan.commands import StatusFile
-    from core.jobs import FolderLock
-    from core.study.grid import StudyConfig, preset
     from core.study.run import check_study, run_study
+    from core.tracked import tracked_job
     from core.tracking import check_store
     from core.workspace import workspace_dir
 
-    job, fields = study_fields(args)
-    name = job["preset"] or "quick"
-    base = preset(name)   # raises for an unknown preset
-    if "gan_steps" in fields:
-        fields["gan_steps"] = {**base.gan_steps, **fields["gan_steps"]}
-    config = StudyConfig.from_dict({**base.to_dict(), **fields})
+    job, name, config = validate(job_fields(args, "study", required=()))
     if job["data"]:
         data = job["data"]
     else:
@@ -76,29 +71,13 @@ def cmd_study(args) -> dict:
     out = Path(job["out"] or workspace_dir("studies") / f"{name}-{config.key()}").expanduser().resolve()
     check_study(data, config, out, bool(job["resume"]))   # before out, its status file or a run exist
     check_store()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out, "study").acquire()   # one study per folder (run-cell workers share it on purpose)
-    status = StatusFile(out, kind="study", out=str(out), state="starting", message="starting", cells_done=0,
-                        cells_total=None, eta_s=None, run_id=None, preset=name, config=config.to_dict())
-
-    def on_sigterm(signum, frame):   # a job runner's cancel: runs end KILLED, status cancelled
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        status.update(force=True)
+    # one study per folder (run-cell workers share it on purpose)
+    with tracked_job("study", out, lambda s: f"after {s.get('cells_done')} cells; continue with "
+                                             f"`python -m core study --resume --out {out}` and the same options",
+                     cells_done=0, cells_total=None, eta_s=None, preset=name, config=config.to_dict()) as tj:
         summary = run_study(data, config, out, resume=bool(job["resume"]), plan_only=bool(job["plan_only"]), log=log,
-                            status=status)
-    except KeyboardInterrupt:
-        status.end("cancelled", "cancelled")
-        raise ValueError(f"study cancelled after {status.fields.get('cells_done')} cells; continue with "
-                         f"`python -m core study --resume --out {out}` and the same options.") from None
-    except BaseException as e:
-        status.end("failed", error_text(e))
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        lock.release()
-    return {"preset": name, **summary, "status": str(status.path)}
+                            status=tj.status)
+    return {"preset": name, **summary, "status": str(tj.status.path)}
 
 
 def cmd_run_cell(args) -> dict:
@@ -150,8 +129,9 @@ def register(sub) -> None:
     s.add_argument("--gan-threads", dest="gan_threads", type=int, default=None, help="CPU threads for GAN training")
     s.add_argument("--metric", choices=METRICS, default=None, help="the results table's metric (default macro_f1)")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    s.add_argument("--resume", action="store_true", help="continue the study in --out: finished cells are skipped")
-    s.add_argument("--plan-only", dest="plan_only", action="store_true",
+    s.add_argument("--resume", action="store_true", default=None,
+                   help="continue the study in --out: finished cells are skipped")
+    s.add_argument("--plan-only", dest="plan_only", action="store_true", default=None,
                    help="write one JSON job spec per pending cell to OUT/specs and stop")
     s.set_defaults(func=cmd_study)
 
