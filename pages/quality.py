@@ -13,6 +13,7 @@ from core.charts import (
     quality_epochs_figure,
     quality_sets_figure,
 )
+from core.quality import choices as qc
 from core.quality import report as qr
 from pages import ui
 
@@ -79,7 +80,7 @@ def evaluate_form() -> None:
         if epoch_run != "— none —":
             argv += ["--epochs-of", with_grids[epoch_run]]
         job = jobs.submit(argv, label=f"quality · {len(picked)} set(s)")
-        st.session_state["q_report_pick"] = f"job:{job.id}"
+        st.session_state["q_report_job"] = job.id   # Results opens its report once there is one
         st.toast(f"Quality job {job.id} {job.state}.", icon=":material/insights:")
     quality_jobs = [j for j in jobs.list_jobs() if j.command == "quality"][:3]
     active = any(j.active for j in quality_jobs)
@@ -97,28 +98,9 @@ def evaluate_form() -> None:
     progress()
 
 
-def report_choices() -> dict[str, str]:
-    """label -> "job:<id>" (finished quality jobs) or "run:<run id>" (quality runs in MLflow)."""
-    out = {}
-    seen = set()
-    for j in jobs.list_jobs():
-        if j.command == "quality" and j.state == "finished" and (j.dir / "report.json").is_file():
-            run_id = j.summary().get("run_id")
-            seen.add(run_id)
-            out[f"{j.label} — job {j.id}"] = f"job:{j.id}"
-    for r in qr.past_reports():
-        if r["run_id"] not in seen and r["status"] == "FINISHED":
-            out[f"{r['label']} — MLflow run"] = f"run:{r['run_id']}|{r['out']}"
-    return out
-
-
 @st.cache_data(show_spinner="Loading the report…", max_entries=16)
-def load(choice: str) -> qr.Report:
-    kind, _, ref = choice.partition(":")
-    if kind == "job":
-        return qr.load_report(jobs.get_job(ref).dir)
-    run_id, _, out = ref.partition("|")
-    return qr.fetch_report(run_id, out)
+def load(choice: qc.ReportChoice) -> qr.Report:
+    return qc.load_choice(choice)
 
 
 def set_table(rep: qr.Report) -> None:
@@ -137,15 +119,14 @@ def set_table(rep: qr.Report) -> None:
     st.caption(f"**Extractor:** {rep.summary.get('extractor_description')}. FID/KID/precision/recall use its features; "
                "diversity is the mean pairwise MS-SSIM inside a set (a collapsed GAN scores near 1). Intervals: "
                f"percentile bootstrap. Images compared at {rep.summary.get('size')} px.")
-    notes = [w for w in s.get("warnings", []) if isinstance(w, str) and w]
-    small = s[s["warnings"].astype(str).str.contains("FID:")] if "warnings" in s else s.iloc[:0]
-    if len(small):
-        n_lo, n_hi = int(small["n_synthetic"].min()), int(small["n_synthetic"].max())
-        st.warning(f"Small sets: {n_lo}–{n_hi} synthetic images per set for {int(small['feature_dim'].max())}-d "
+    warned = qc.set_warnings(s)
+    if warned.small:
+        small = warned.small
+        st.warning(f"Small sets: {small.n_min}–{small.n_max} synthetic images per set for {small.feature_dim}-d "
                    f"features. FID needs about 2,000 images (and more images than feature dimensions) to be "
                    f"stable and is biased upwards below that: compare only sets of the same size, and read the "
                    f"intervals.", icon=":material/warning:")
-    for w in sorted({w.split("FID:")[0].strip() for w in notes} - {""})[:3]:
+    for w in warned.notes[:3]:
         st.warning(w, icon=":material/warning:")
 
 
@@ -179,15 +160,16 @@ def memorization_panel(rep: qr.Report) -> None:
 
 
 def results() -> None:
-    choices = report_choices()
+    choices = qc.report_choices()
     if not choices:
         st.info("No quality reports yet: pick sets above and press Evaluate.")
         return
-    values = list(choices.values())
-    if st.session_state.get("q_report_pick") not in values:
-        st.session_state["q_report_pick"] = values[0]
-    labels = {v: k for k, v in choices.items()}
-    choice = st.selectbox("Report", values, key="q_report_pick", format_func=lambda v: labels[v])
+    launched = st.session_state.pop("q_report_job", None)   # a job launched above: its report, once it has one
+    if launched and qc.choice_of_job(choices, launched):
+        st.session_state["q_report_pick"] = qc.choice_of_job(choices, launched)
+    if st.session_state.get("q_report_pick") not in choices:
+        st.session_state["q_report_pick"] = choices[0]
+    choice = st.selectbox("Report", choices, key="q_report_pick", format_func=lambda c: c.label)
     try:
         rep = load(choice)
     except (ValueError, OSError) as e:

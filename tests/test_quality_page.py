@@ -8,6 +8,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core import jobs, tracking
+from core.quality.choices import report_choices
 from tests.quality_helpers import ENCODER_EPOCHS, quality_report, tiny_gan_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +46,13 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     run = next(r for r in tracking.search_runs("quality") if r.data.tags.get("medaug.out") == str(out))
     at.run()
     assert not at.exception, at.exception
-    at.selectbox(key="q_report_pick").set_value(f"run:{run.info.run_id}|{out}").run()   # a past MLflow run
+    past = next(c for c in report_choices() if c.run_id == run.info.run_id)   # a past MLflow run
+    assert past.kind == "run" and past.out == str(out)
+    at.selectbox(key="q_report_pick").set_value(past).run()
     assert not at.exception, at.exception
     assert [e.value for e in at.error] == ["1 near-copy flagged."]   # the planted copy, and nothing else
+    small = [str(w.value) for w in at.warning if str(w.value).startswith("Small sets:")]
+    assert len(small) == 1 and "synthetic images per set for" in small[0]   # FID is unstable at these sizes
     table = at.dataframe[0].value
     assert len(table) == 3 and set(table["extractor"]) == {"domain"}
     assert all("[" in v for v in table["FID [95% CI]"])

@@ -202,8 +202,10 @@ def epoch_sources(run_dir: str | Path, size: int | None = None) -> list[Syntheti
     """One set per epoch grid of a train-gan folder (fixed noise, so epochs are comparable)."""
     from PIL import Image
 
+    from core.runs import folder_grids
+
     run_dir = Path(run_dir).expanduser()
-    grids = sorted((run_dir / "grids").glob("epoch_*.png"))
+    grids = folder_grids(run_dir)
     if not grids:
         raise ValueError(f"--epochs-of {run_dir}: no grids/epoch_*.png here; give a train-gan output folder.")
     cfg = run_config(run_dir)
@@ -219,8 +221,7 @@ def epoch_sources(run_dir: str | Path, size: int | None = None) -> list[Syntheti
         nrow = max(1, round(math.sqrt(count)))
         labels = np.array([cfg["class_name"]] * count)
     out = []
-    for path in grids:
-        epoch = int(path.stem.split("_")[-1])
+    for epoch, path in grids:
         grid = np.asarray(Image.open(path).convert("L"))
         tiles = resize_uint8(grid_tiles(grid, res, count, nrow), size or res)
         info = {"kind": "epoch", "epoch": epoch, "variant": cfg.get("variant"), "class": cfg.get("class_name"),
@@ -274,7 +275,13 @@ def score_set(s: SyntheticSet, real: RealSet, extractor, cfg: QualityConfig, *, 
            **{k: v for k, v in s.info.items() if k in ("run_id", "variant", "step", "epoch")}}
     row.update({k: v for k, v in setmetrics.set_metrics(r_feat, f, n_boot=cfg.n_boot if n_boot is None else n_boot,
                                                          kid_subsets=cfg.kid_subsets, k=cfg.pr_k, seed=cfg.seed).items()})
-    row["warnings"] = " ".join(row["warnings"] + ([s.info["warning"]] if s.info.get("warning") else []))
+    # the facts the Quality page shows: FID is unstable at this sample size (one warning for all such
+    # sets), and the other warnings (collapse, intervals, a set not marked synthetic) as they are
+    fid_notes = setmetrics.fid_warnings(row["n_real"], row["n_synthetic"], row["feature_dim"])
+    own = [s.info["warning"]] if s.info.get("warning") else []
+    row["fid_unstable"] = bool(fid_notes)
+    row["other_warnings"] = " ".join([w for w in row["warnings"] if w not in fid_notes] + own)
+    row["warnings"] = " ".join(row["warnings"] + own)
     d, idx = memorization.nearest_by_class(f, s.labels, r_feat, r_lab)
     pairs = metrics.pair_metrics(r_img[idx], s.images, with_ms_ssim=per_image)
     for k in ("ssim", "psnr", "ms_ssim"):
