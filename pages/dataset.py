@@ -161,27 +161,18 @@ def show_image(image_id: str) -> None:
     if row["boxes"]:
         right.caption("Boxes (pixels of the stored file)")
         right.table(pd.DataFrame(row["boxes"]).round(1))
-    source = source_dicom(image_id)
+    from core.data.sources_table import SourcesTableError, source_dicom
+
+    try:
+        source = source_dicom(ds, image_id)
+    except SourcesTableError as e:   # a corrupt sources.csv: say so, the image itself is fine
+        right.warning(str(e), icon=":material/warning:")
+        source = None
     if source is not None:
         from core.data.dicom import dicom_header
 
         with st.expander(f"DICOM header of {source.name} (PHI masked)"):
             st.dataframe(pd.DataFrame(dicom_header(source)), hide_index=True, key="dicom_header")
-
-
-def source_dicom(image_id: str) -> Path | None:
-    """The DICOM this image was prepared from, if the dataset records one and it still exists."""
-    from core.data.dicom import looks_like_dicom
-    from core.data.prepare import SOURCES_FILE
-
-    table, root = ds.root / SOURCES_FILE, ds.meta.get("source", {}).get("root")
-    if not (root and table.is_file()):
-        return None
-    sources = pd.read_csv(table, dtype=str).set_index("image_id")["source_file"]
-    if image_id not in sources.index:
-        return None
-    path = Path(root) / sources[image_id]
-    return path if path.is_file() and looks_like_dicom(path) else None
 
 
 @st.fragment
