@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from core.study.grid import AUG_SETS, CLASSIC_OPS, Cell, StudyConfig, cells, preset
-from core.study.results import collect_cells, delta_sensitivity, results_table, t_interval, wide_table
+from core.study.results import delta_sensitivity, results_table, t_interval, wide_table
+from core.study.store import collect_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"sets": ("real", "crop", "dcgan"), "networks": ("small_cnn",), "seeds": (0,), "image_size": 16, "epochs": 1,

@@ -52,9 +52,9 @@ def tiny(small_phantom, tmp_path_factory, session_home):
 
 
 def test_cells_keep_their_test_predictions(tiny, small_phantom):
-    from core.study.results import collect_cells
     from core.study.run import PREDICTIONS_FILE
     from core.study.sets import load_splits
+    from core.study.store import collect_cells
 
     summary, out = tiny
     splits = load_splits(small_phantom, 16)
@@ -108,7 +108,8 @@ def test_table_csv_tstr_and_generator_columns(tiny, tmp_path):
 
 
 def test_unusable_generator_is_not_judged(tiny):
-    from core.study.results import collect_cells, results_table
+    from core.study.results import results_table
+    from core.study.store import collect_cells
     from core.study.verdict import verdict_text
 
     summary, out = tiny

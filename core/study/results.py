@@ -1,10 +1,10 @@
-"""The results table, rebuilt from MLflow whatever ran the cells (this process, a shell loop of
-``run-cell``, a cluster queue).
+"""The results table over a study's cells, whatever ran them (this process, a shell loop of
+``run-cell``, a cluster queue). Pure tables and statistics: the cells come in as a DataFrame
+(:func:`core.study.store.collect_cells` reads them from MLflow: one row per finished cell with
+set, network, seed, the test metrics, their bootstrap CIs, per-class sensitivity, the
+generator's fidelity ``gen_*`` and the per-image test predictions ``y_pred``/``y_true``); nothing
+here reads runs.
 
-- :func:`collect_cells`: one row per finished child run of a study (the latest run of a cell
-  wins): set, network, seed, the test metrics, their bootstrap CIs, per-class sensitivity, the
-  generator's fidelity (``gen_*``) and the cell's per-image test predictions (``y_pred``, from the
-  study folder's ``cells/<cell>/predictions.json`` when present, else the run's artifact).
 - :func:`results_table`: one row per (set, network) (:data:`TABLE_COLUMNS`):
     * ``mean`` of the metric over seeds with a 95% CI (``ci_lo``/``ci_hi``): a Student-t interval
       over seeds (2+ seeds) or the cell's stratified-bootstrap CI on the test set (1 seed);
@@ -27,7 +27,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -52,81 +51,6 @@ def is_tstr(set_key: str) -> bool:
 def safe_name(name: str) -> str:
     """A class name as it appears in MLflow metric keys (core.classify.evaluate.flat_metrics)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def collect_cells(parent_run_id: str, out: str | Path | None = None, predictions: bool = True) -> pd.DataFrame:
-    """Finished cells of the study ``parent_run_id`` from MLflow, one row each. ``out``: the study
-    folder holding ``cells/<cell>/predictions.json`` (default: the parent run's ``medaug.out`` tag);
-    a cell whose file is not there is read from its run's artifact."""
-    from core.study.run import TAG_CELL, TAG_TEST_HASH, TestSplitMismatch, finished_cells
-
-    folder = Path(out) if out else _study_folder(parent_run_id)
-    rows = []
-    for r in finished_cells(parent_run_id).values():
-        t, m, p = r.data.tags, r.data.metrics, r.data.params
-        classes = json.loads(p.get("class_names", "[]"))
-        row = {"cell": t[TAG_CELL], "set": t.get("medaug.study.set"), "network": t.get("medaug.study.network"),
-               "seed": int(t.get("medaug.study.seed", 0)), "run_id": r.info.run_id, "test_hash": t.get(TAG_TEST_HASH),
-               "state": t.get("medaug.study.state"), "best_epoch": int(float(t.get("medaug.study.best_epoch", 0))),
-               "n_train": int(p.get("n_train", 0)), "classes": classes}
-        for metric in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc"):
-            row[metric] = m.get(f"test_{metric}", math.nan)
-            row[f"{metric}_ci_low"] = m.get(f"test_{metric}_ci_lo", math.nan)
-            row[f"{metric}_ci_high"] = m.get(f"test_{metric}_ci_hi", math.nan)
-        for c in classes:
-            row[f"sens:{c}"] = m.get(f"test_sensitivity.{safe_name(c)}", math.nan)
-        for col in GEN_COLUMNS:
-            row[col] = m.get(col, math.nan)
-        usable = t.get("medaug.gen.usable")
-        row["gen_usable"] = None if usable is None else usable == "true"
-        row["gen_reason"] = t.get("medaug.gen.reason", "")
-        if predictions:
-            pred = _cell_predictions(r, folder, row["cell"])
-            row["y_pred"] = None if pred is None else np.asarray(pred["y_pred"], np.int64)
-            row["y_true"] = None if pred is None else np.asarray(pred["y_true"], np.int64)
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    hashes = sorted(set(df["test_hash"]))
-    if len(hashes) != 1:
-        raise TestSplitMismatch(f"study {parent_run_id}: its cells were tested on {len(hashes)} different test "
-                                f"splits ({', '.join(map(str, hashes))}); the table would compare unlike things.")
-    return df.sort_values(["set", "network", "seed"]).reset_index(drop=True)
-
-
-def _study_folder(parent_run_id: str) -> Path | None:
-    from core import tracking
-
-    try:
-        out = tracking.client().get_run(parent_run_id).data.tags.get("medaug.out")
-    except Exception:  # noqa: BLE001 -- the table still comes from the artifacts
-        return None
-    return Path(out) if out else None
-
-
-def _cell_predictions(run, folder: Path | None, cell_key: str) -> dict | None:
-    """The cell's predictions file: local (same test hash) first, else the run's artifact, else None."""
-    from core.study.grid import Cell
-    from core.study.run import PREDICTIONS_FILE, TAG_TEST_HASH, read_predictions
-
-    test_hash = run.data.tags.get(TAG_TEST_HASH)
-    if folder is not None:
-        set_key, network, seed = cell_key.split("|")
-        path = folder / "cells" / Cell(set_key, network, int(seed[1:])).slug / PREDICTIONS_FILE
-        try:
-            data = read_predictions(path)
-            if data.get("test_hash") == test_hash:
-                return data
-        except (OSError, ValueError):
-            pass
-    try:
-        from core.tracking import download_artifact
-
-        data = read_predictions(download_artifact(run.info.run_id, PREDICTIONS_FILE))
-        return data if data.get("test_hash") == test_hash else None
-    except Exception:  # noqa: BLE001 -- an older cell without predictions: the table falls back to means
-        return None
 
 
 def t_interval(values) -> tuple[float, float, float, float]:

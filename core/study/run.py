@@ -13,6 +13,8 @@
   to ``<out>/specs/``, for a shell loop, a job array or a cluster queue to run with
   ``python -m core run-cell SPEC``. GANs are trained by the first cell that needs them (under a
   file lock in ``<out>/gans/``, so point every cell at a shared ``--out``).
+- The cells' runs and test predictions are written and read through :mod:`core.study.store`;
+  the tables come from :mod:`core.study.results` (pure: it never imports this module).
 - ``<out>/status.json`` (atomic) keeps pages and job runners current: cells done/total, the
   current cell and its epoch, the ETA, the parent run id and, at the end, the results CSV.
 """
@@ -27,25 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.study.grid import AUG_SETS, Cell, StudyConfig, cells
+from core.study.store import (KIND_CELL, PREDICTIONS_FILE, TAG_CELL, TAG_TEST_HASH, TestSplitMismatch, collect_cells,
+                              finished_cells, write_predictions)
 
 KIND_STUDY = "study"
-KIND_CELL = "study-cell"
 TAG_STUDY_KEY = "medaug.study.key"
-TAG_CELL = "medaug.study.cell"
-TAG_TEST_HASH = "medaug.study.test_hash"
 TAG_MODE = "medaug.study.mode"
 STUDY_FILE = "study.json"
 SPEC_FORMAT = "medaug-study-cell/1"
 RESULTS_FILE = "results.csv"
 VERDICT_FILE = "verdict.txt"
-PREDICTIONS_FILE = "predictions.json"
-PREDICTIONS_FORMAT = "medaug-cell-predictions/1"
 GEN_KEYS = ("kid", "fid", "precision", "recall")   # a generator's fidelity, logged into each of its cells
 Log = Callable[[str], None]
-
-
-class TestSplitMismatch(ValueError):
-    """A cell would be tested on a different test split than the study's."""
 
 
 @dataclass(eq=False)
@@ -124,36 +119,6 @@ def classifier_config(config: StudyConfig, cell: Cell, epochs: int | None = None
                             seed=cell.seed, balance=config.balance, patience=config.patience, device=config.device,
                             precision=config.precision, n_boot=config.n_boot,
                             shuffle_labels=config.shuffle_labels)
-
-
-# --- MLflow: the parent run and finished cells -----------------------------------------------------
-
-def child_runs(parent_run_id: str, kind: str = KIND_CELL) -> list:
-    """The parent's child runs of ``kind`` (all states), oldest first."""
-    from core import tracking
-
-    c = tracking.client()
-    parent = c.get_run(parent_run_id)
-    runs, token = [], None
-    while True:
-        page = c.search_runs([parent.info.experiment_id],
-                             filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
-                                           f"tags.`{tracking.TAG_KIND}` = '{kind}'",
-                             max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def finished_cells(parent_run_id: str) -> dict[str, object]:
-    """Cell key -> its latest FINISHED child run."""
-    done = {}
-    for r in child_runs(parent_run_id):
-        key = r.data.tags.get(TAG_CELL)
-        if key and r.info.status == "FINISHED":
-            done[key] = r
-    return done
 
 
 # --- opening a study --------------------------------------------------------------------------
@@ -262,27 +227,6 @@ def gen_metrics(quality: dict) -> dict[str, float]:
     return out
 
 
-def write_predictions(path: Path, result, test_ids: list[str], test_hash: str) -> None:
-    """The cell's test predictions for paired comparisons: predicted and true class indices in
-    test-split order (the same order in every cell: the test hash guarantees it)."""
-    import numpy as np
-
-    probs = np.asarray(result.test_probs)
-    data = {"format": PREDICTIONS_FORMAT, "test_hash": test_hash, "class_names": list(result.class_names),
-            "y_pred": probs.argmax(axis=1).astype(int).tolist(), "y_true": np.asarray(result.test_labels).astype(int).tolist(),
-            "test_ids": list(test_ids)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def read_predictions(path: Path) -> dict:
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != PREDICTIONS_FORMAT:
-        raise ValueError(f"{path}: not a cell's predictions file ({PREDICTIONS_FORMAT!r} expected).")
-    return data
-
-
 def _json_default(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -326,7 +270,7 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
     with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
     from core import tracking
     from core.files import write_json_atomic
-    from core.study.results import collect_cells, results_table, sensitivity_table, table_text, write_results
+    from core.study.results import results_table, sensitivity_table, table_text, write_results
     from core.study.verdict import verdict_text
 
     ds, existing = check_study(data, config, out, resume)

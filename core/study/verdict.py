@@ -137,7 +137,8 @@ def study_answer(run_id: str, metric: str | None = None, out=None, per_class: bo
     import json
 
     from core import tracking
-    from core.study.results import collect_cells, results_table, sensitivity_table
+    from core.study.results import results_table, sensitivity_table
+    from core.study.store import collect_cells
 
     params = tracking.client().get_run(run_id).data.params
     metric = metric or params.get("metric") or "macro_f1"
