@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from core.data.phantom import (
     CLASS_NAMES,
+    FINDINGS,
     TRAIN_IMAGE_ESTIMATE,
     Box,
     PhantomSample,
@@ -107,6 +108,13 @@ def test_class_counts_sum_and_floor(n):
     assert all(v >= 0 for v in c.values())
     if n >= len(CLASS_NAMES):
         assert min(c.values()) >= 1
+
+
+def test_findings_table():
+    """One FINDINGS entry per class, in CLASS_NAMES order; the localised ones only draw."""
+    assert tuple(FINDINGS) == CLASS_NAMES
+    assert all(name == f.name and f.about for name, f in FINDINGS.items())
+    assert {f.name for f in FINDINGS.values() if f.localised and f.draw} == set(LOCALISED)
 
 
 def test_class_counts_proportions():
