@@ -41,8 +41,6 @@ class ClassifierSplits:
 
 def classifier_splits(ds, size: int, classes: list[str] | None = None,
                       on_progress: Callable[[int, int, str], None] | None = None) -> ClassifierSplits:
-    from core.data.cache import pixel_cache
-
     df = ds.manifest
     notes: list[str] = []
     if classes:
@@ -67,24 +65,20 @@ def classifier_splits(ds, size: int, classes: list[str] | None = None,
     if synthetic.any():
         notes.append(f"left out {int(synthetic.sum())} synthetic/augmented training image(s): the classifier trains "
                      f"on real images (compare augmentation sets with the study).")
-    wanted = df["label"].isin(classes).to_numpy().copy() if classes else np.ones(len(df), bool)
-    wanted &= ~synthetic
-    cache = pixel_cache(ds, size, on_progress=on_progress)
-    unreadable = wanted & single & ~cache.ok
-    if unreadable.any():
-        notes.append(f"left out {int(unreadable.sum())} unreadable image(s) (see the dataset's load report).")
-    keep = wanted & single & cache.ok
-    present = set(df["label"][keep])
+    from core.data.arrays import splits_arrays
+
+    arrays = splits_arrays(ds, size, classes=classes or None, mask=single, on_progress=on_progress)
+    unreadable = sum(a.unreadable for a in arrays.values())
+    if unreadable:
+        notes.append(f"left out {unreadable} unreadable image(s) (see the dataset's load report).")
+    present = set().union(*(set(a.labels) for a in arrays.values()))
     names = [c for c in (classes or ds.classes) if c in present]
     if len(names) < 2:
         raise ValueError(f"{ds.root}: only {len(names)} class(es) with readable single-label images ({names}); "
                          f"a classifier needs at least 2.")
-    index = {c: i for i, c in enumerate(names)}
-    labels_all = df["label"].to_numpy()
     out = {}
-    for split in ("train", "val", "test"):
-        rows = np.flatnonzero(keep & (df["split"] == split).to_numpy())
-        out[split] = (np.asarray(cache.array[rows]), np.array([index[c] for c in labels_all[rows]], dtype=np.int64))
+    for split, a in arrays.items():
+        out[split] = (a.images, a.class_indices(names))
         counts = np.bincount(out[split][1], minlength=len(names))
         absent = [c for c, n in zip(names, counts) if n == 0]
         if absent and split != "val":

@@ -67,6 +67,28 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(h))
 
 
+class DomainCNN(nn.Module):
+    """Four stride-2 conv-BN-ReLU blocks (16, 32, 64, 128 channels) -> global average pool (the 128-d
+    embedding) -> one linear layer: ~0.1 M parameters. The quality metrics' domain encoder
+    (:func:`core.quality.features.domain_encoder`): small enough to train in seconds on a CPU."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        chans = [in_channels, width, width * 2, width * 4, width * 8]
+        layers: list[nn.Module] = []
+        for c_in, c in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
+def _domain_cnn(num_classes: int, in_channels: int, aux: bool) -> nn.Module:
+    return DomainCNN(num_classes, in_channels)
+
+
 def _small_cnn(num_classes: int, in_channels: int, aux: bool) -> nn.Module:
     return SmallCNN(num_classes, in_channels)
 
@@ -101,6 +123,8 @@ def _inception_v3(num_classes: int, in_channels: int, aux: bool) -> nn.Module:
 MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("small_cnn", _small_cnn, 16, 64, None, "features.0", "head", 0.0, False,
               "4-stage CNN, 1.2 M parameters: the CPU default"),
+    ModelSpec("domain_cnn", _domain_cnn, 16, 64, None, "body.0", "head", 0.0, False,
+              "4 stride-2 conv blocks, 0.1 M parameters: the quality metrics' domain encoder"),
     ModelSpec("resnet18", _resnet18, 32, 128, None, "conv1", "fc", 0.0, False,
               "ResNet-18 (He et al. 2016), 11 M parameters"),
     ModelSpec("vgg16", _vgg16, 32, 224, None, "features.0", "classifier.6", 0.0, False,

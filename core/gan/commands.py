@@ -44,33 +44,22 @@ JOB_KEYS = ("data", "out", "resume", "class")
 
 
 def training_images(ds, resolution: int, class_name: str | None, conditional: bool):
-    """(uint8 images (N, R, R), class indices or None, class names) from the TRAIN split.
+    """(uint8 images (N, R, R), class indices or None, class names) from the TRAIN split's real,
+    readable rows (:func:`core.data.arrays.split_arrays`: a GAN learns from real images only).
 
-    Per-class: the images of ``class_name``. Conditional: every class with training images.
-    Unreadable images (``cache.ok`` False) are left out."""
-    import numpy as np
+    Per-class: the images of ``class_name``. Conditional: every class with training images."""
+    from core.data.arrays import split_arrays
 
-    from core.data.cache import pixel_cache
-    from core.data.manifest import real_rows
-
-    df = ds.manifest
-    train = (df["split"] == "train").to_numpy().copy()  # pandas 3 returns read-only views
-    train &= real_rows(df)                               # a GAN learns from real images only
-    if class_name is not None:
-        train &= (df["label"] == class_name).to_numpy()
-    cache = pixel_cache(ds, resolution, on_progress=progress_printer(0.25))
-    rows = np.flatnonzero(train & cache.ok)
-    if len(rows) == 0:
+    train = split_arrays(ds, resolution, "train", classes=[class_name] if class_name is not None else None,
+                         on_progress=progress_printer(0.25))
+    if len(train) == 0:
         what = f"class {class_name!r}" if class_name else "any class"
         raise ValueError(f"{ds.root}: no readable training images of {what}; check the split and labels "
                          f"(`python -m core dataset --data {ds.root}`).")
-    images = np.asarray(cache.array[rows])
     if not conditional:
-        return images, None, ()
-    labels = df["label"].to_numpy()[rows]
-    classes = tuple(c for c in ds.classes if c in set(labels))
-    index = {c: i for i, c in enumerate(classes)}
-    return images, np.array([index[c] for c in labels], dtype=np.int64), classes
+        return train.images, None, ()
+    classes = tuple(c for c in ds.classes if c in set(train.labels))
+    return train.images, train.class_indices(classes), classes
 
 
 def validate(fields: dict):

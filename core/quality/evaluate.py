@@ -117,13 +117,12 @@ def load_source(spec: str, size: int | None, n_per_class: int, seed: int,
         raise ValueError(f"--synthetic {spec}: no such file or folder; give a synthetic dataset folder, a "
                          f"checkpoint.pt or a train-gan output folder.")
     if path.is_dir() and (path / META_FILE).is_file():
-        from core.data.cache import pixel_cache
+        from core.data.arrays import split_arrays
 
         ds = load_dataset(path)
         res = size or int(ds.manifest["width"].max())
-        cache = pixel_cache(ds, res, on_progress=on_progress)
-        rows = np.flatnonzero(cache.ok)
-        if len(rows) == 0:
+        every = split_arrays(ds, res, None, real_only=False, on_progress=on_progress)
+        if len(every) == 0:
             raise ValueError(f"{path}: no readable images in this synthetic set.")
         gens = ds.meta.get("generator") or []
         info = {"kind": "folder", "synthetic": ds.synthetic, "dataset_id": ds.id,
@@ -131,9 +130,7 @@ def load_source(spec: str, size: int | None, n_per_class: int, seed: int,
         name = _describe(info) if gens else ds.name
         if not ds.synthetic:
             info["warning"] = f"{path} is not marked synthetic"
-        return SyntheticSet(name, str(path.resolve()), np.asarray(cache.array[rows]),
-                            ds.manifest["label"].to_numpy()[rows].astype(str), ds.manifest["image_id"].to_numpy()[rows].tolist(),
-                            info)
+        return SyntheticSet(name, str(path.resolve()), every.images, every.labels, every.ids, info)
     ckpt = checkpoint_file(path)
     if ckpt is None:
         raise ValueError(f"--synthetic {spec}: neither a dataset folder (no {META_FILE}) nor a GAN checkpoint "
@@ -240,16 +237,12 @@ class RealSet:
 
 
 def real_train(ds, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from core.data.cache import pixel_cache
+    from core.data.arrays import split_arrays
 
-    from core.data.manifest import real_rows
-
-    cache = pixel_cache(ds, size)
-    df = ds.manifest
-    rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & real_rows(df) & cache.ok)
-    if len(rows) < 2:
+    train = split_arrays(ds, size, "train")
+    if len(train) < 2:
         raise ValueError(f"{ds.root}: fewer than 2 readable real training images; the real reference set is empty.")
-    return np.asarray(cache.array[rows]), df["label"].to_numpy()[rows].astype(str), df["image_id"].to_numpy()[rows].tolist()
+    return train.images, train.labels, train.ids
 
 
 def _subsample(s: SyntheticSet, most: int, seed: int) -> SyntheticSet:

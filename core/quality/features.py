@@ -2,7 +2,8 @@
 the memorization audit. Each maps uint8 grey images (N, H, W) to float64 features (N, D).
 
 - ``domain`` (the default; works offline): the penultimate layer (global average pool, 128-d) of a
-  small CNN classifier trained on the real dataset's TRAIN split. It is trained once and cached in
+  small CNN classifier (``domain_cnn`` of :mod:`core.classify.models`, trained by the classifier
+  trainer) on the real dataset's TRAIN split. It is trained once and cached in
   the workspace under ``quality/encoders/``, keyed by the dataset's content hash, the input size,
   epochs and seed; :func:`domain_encoder` reloads it from there.
 - ``inception``: torchvision's Inception-v3 pool features (2048-d, 299x299 input scaled to
@@ -14,7 +15,6 @@ the memorization audit. Each maps uint8 grey images (N, H, W) to float64 feature
 """
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -29,27 +29,8 @@ from torch.nn import functional as F
 EXTRACTORS = ("domain", "inception")
 ENV_INCEPTION = "MEDAUG_INCEPTION_WEIGHTS"
 HUB_PATTERNS = ("inception_v3_google-*.pth", "pt_inception-2015-12-05-*.pth")
-ENCODER_FORMAT = "medaug-domain-encoder/1"
+ENCODER_FORMAT = "medaug-domain-encoder/2"   # /2: domain_cnn trained by core.classify's trainer
 FEATURE_DIM = 128
-
-
-class DomainCNN(nn.Module):
-    """Four stride-2 conv blocks -> global average pool (the 128-d features) -> linear classifier."""
-
-    def __init__(self, n_classes: int, width: int = 16):
-        super().__init__()
-        chans = [1, width, width * 2, width * 4, FEATURE_DIM]
-        layers = []
-        for cin, cout in itertools.pairwise(chans):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(FEATURE_DIM, n_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:   # (B, 1, S, S) in [-1, 1] -> (B, 128)
-        return self.body(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def to_input(images, size: int) -> torch.Tensor:
@@ -84,53 +65,54 @@ def encoder_path(content_hash: str, size: int, epochs: int, seed: int) -> Path:
     return folder / f"{content_hash[:16]}-s{size}-e{epochs}-seed{seed}.pt"
 
 
+def encoder_config(size: int, epochs: int, seed: int):
+    """The domain encoder's training settings: ``domain_cnn`` through the classifier trainer, fp32 on
+    the CPU (its features must not depend on the machine's bf16), class-weighted loss (rare classes
+    count), Adam-like constant lr 2e-3 for ``epochs`` epochs of batch 32."""
+    from core.classify.train import ClassifierConfig
+
+    return ClassifierConfig(model="domain_cnn", image_size=size, epochs=epochs, batch_size=32, lr=2e-3,
+                            weight_decay=0.0, schedule="constant", seed=seed, balance="weighted_loss", patience=None,
+                            device="cpu", precision="fp32", n_boot=0)
+
+
 def train_domain_encoder(images: np.ndarray, labels: np.ndarray, classes: list[str], size: int = 64,
-                         epochs: int = 8, seed: int = 0, batch: int = 32,
-                         on_progress: Callable[[int, int, str], None] | None = None) -> tuple[DomainCNN, dict]:
-    """Train the classifier on uint8 images (N, H, W) with class indices; returns (model, info)."""
+                         epochs: int = 8, seed: int = 0,
+                         on_progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Train ``domain_cnn`` on uint8 images (N, H, W) with class indices through
+    :class:`core.classify.train.ClassifierTrainer` (the project's one training step); returns the
+    cache state: weights, classes, input normalisation and what it was trained on."""
+    from core.classify.train import ClassifierTrainer, batches, epoch_indices
+
     if len(images) < 2:
-        raise ValueError("the domain encoder needs at least 2 training images; the real set's train split is too small.")
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DomainCNN(len(classes))
-    x = to_input(images, size)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    counts = torch.bincount(y, minlength=len(classes)).float()
-    # inverse square-root frequency: rare classes count more without a few images dominating
-    weight = torch.where(counts > 0, (counts.max() / counts.clamp(min=1)).sqrt(), torch.zeros_like(counts))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps_per_epoch = max(1, -(-len(x) // batch))
+        raise ValueError("the domain encoder needs at least 2 training images; the real set's train split is "
+                         "too small.")
+    config = encoder_config(size, epochs, seed)
+    y = np.asarray(labels, dtype=np.int64)
+    trainer = ClassifierTrainer(config, (images, y), (images[:2], y[:2]), classes)   # no selection: val unused
     report = on_progress or (lambda d, t, m: None)
     t0 = time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        correct = 0
-        for s in range(steps_per_epoch):
-            idx = order[s * batch:(s + 1) * batch]
-            if len(idx) < 2:
-                continue
-            xb = x[idx]
-            shift = torch.randint(-3, 4, (2,), generator=g).tolist()   # small translations only: anatomy has an up
-            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
-            logits = model(xb)
-            loss = F.cross_entropy(logits, y[idx], weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        report(epoch + 1, epochs, f"training the domain encoder: epoch {epoch + 1}/{epochs}, "
-                                  f"train accuracy {correct / len(x):.2f}")
-    model.eval()
-    info = {"epochs": epochs, "size": size, "seed": seed, "train_images": len(x),
-            "train_accuracy": round(correct / len(x), 4), "seconds": round(time.perf_counter() - t0, 2)}
-    return model, info
+    trainer.net.train()
+    accuracy = 0.0
+    for epoch in range(1, epochs + 1):
+        for idx in batches(epoch_indices(trainer.n_train, trainer.train_y, epoch, config), config.batch_size):
+            if len(idx) >= 2:   # batch norm needs 2 images
+                trainer.train_step(idx)
+        _, accuracy, _ = trainer.read_sums()
+        report(epoch, epochs, f"training the domain encoder: epoch {epoch}/{epochs}, train accuracy {accuracy:.2f}")
+    trainer.net.eval()
+    return {"state_dict": trainer.net.state_dict(), "classes": list(classes), "mean": trainer.mean, "std": trainer.std,
+            "epochs": epochs, "size": size, "seed": seed, "train_images": trainer.n_train,
+            "train_accuracy": round(accuracy, 4), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def cached_encoder(path: Path, train: Callable[[], dict], what: str, size: int) -> Extractor:
     """A domain encoder from its workspace cache file ``path``, or ``train()``'s state (saved there
     atomically); ``what`` names its training data in the description."""
     from core.checkpoints import save as save_checkpoint
+    from core.classify.models import build_model
+    from core.classify.models import features as embed
+    from core.device import images_to_tensor
 
     state = None
     if path.is_file():
@@ -143,34 +125,34 @@ def cached_encoder(path: Path, train: Callable[[], dict], what: str, size: int) 
     if state is None:
         state = {"format": ENCODER_FORMAT, **train()}
         save_checkpoint(path, state)
-    model = DomainCNN(len(state["classes"]))
+    model = build_model("domain_cnn", len(state["classes"]), 1)
     model.load_state_dict(state["state_dict"])
     model.eval()
+    mean, std = state["mean"], state["std"]
+
+    def fn(imgs: np.ndarray) -> np.ndarray:   # as the trainer feeds it: uint8 at size, (x / 255 - mean) / std
+        x = images_to_tensor(imgs, size).float().div_(255.0).sub_(mean).div_(std)
+        return embed(model, x).double().numpy()
     desc = (f"domain encoder: 128-d penultimate layer of a CNN trained on {what} "
             f"({state['train_images']} images, {state['epochs']} epochs at {state['size']} px, train accuracy "
             f"{state['train_accuracy']:.2f})")
-    return Extractor("domain", desc, lambda imgs: model.features(to_input(imgs, size)).double().numpy(), FEATURE_DIM)
+    return Extractor("domain", desc, fn, FEATURE_DIM)
 
 
 def domain_encoder(ds, size: int = 64, epochs: int = 8, seed: int = 0,
                    on_progress: Callable[[int, int, str], None] | None = None) -> Extractor:
     """The dataset's domain encoder, from the workspace cache or trained now on its TRAIN split (real rows)."""
     def train() -> dict:
-        from core.data.cache import pixel_cache
-        from core.data.manifest import real_rows
+        from core.data.arrays import split_arrays
 
-        cache = pixel_cache(ds, size)
-        df = ds.manifest
-        rows = np.flatnonzero((df["split"] == "train").to_numpy().copy() & real_rows(df) & cache.ok)
-        labels = df["label"].to_numpy()[rows]
-        classes = [c for c in ds.classes if c in set(labels)]
+        real = split_arrays(ds, size, "train")
+        classes = [c for c in ds.classes if c in set(real.labels)]
         if len(classes) < 2:
             raise ValueError(f"{ds.root}: the domain encoder is a classifier and needs at least 2 classes with "
                              f"training images; use --extractor inception with a local weights file instead.")
-        index = {c: i for i, c in enumerate(classes)}
-        model, info = train_domain_encoder(np.asarray(cache.array[rows]), np.array([index[c] for c in labels]),
-                                           classes, size, epochs, seed, on_progress=on_progress)
-        return {"state_dict": model.state_dict(), "classes": classes, "dataset_hash": ds.content_hash, **info}
+        state = train_domain_encoder(real.images, real.class_indices(classes), classes, size, epochs, seed,
+                                     on_progress=on_progress)
+        return {**state, "dataset_hash": ds.content_hash}
 
     return cached_encoder(encoder_path(ds.content_hash, size, epochs, seed), train, f"{ds.id} train split", size)
 

@@ -69,19 +69,12 @@ def real_reference(extractor, images: np.ndarray, labels, classes) -> RealRefere
 def dataset_reference(ds, classes, size: int = 64, class_name: str | None = None) -> RealReference:
     """The reference of a dataset folder: its domain encoder (cached per content hash) and the real
     TRAIN rows (of ``class_name`` only for a per-class generator)."""
-    from core.data.cache import pixel_cache
-    from core.data.manifest import real_rows
+    from core.data.arrays import split_arrays
     from core.quality.features import domain_encoder
 
     extractor = domain_encoder(ds, size)
-    df = ds.manifest
-    cache = pixel_cache(ds, size)
-    keep = (df["split"] == "train").to_numpy().copy() & real_rows(df) & cache.ok
-    if class_name is not None:
-        keep &= (df["label"] == class_name).to_numpy()
-    rows = np.flatnonzero(keep)
-    return real_reference(extractor, np.asarray(cache.array[rows]), df["label"].to_numpy()[rows].astype(str),
-                          classes if classes else (class_name or "all",))
+    train = split_arrays(ds, size, "train", classes=[class_name] if class_name is not None else None)
+    return real_reference(extractor, train.images, train.labels, classes if classes else (class_name or "all",))
 
 
 def array_encoder(images: np.ndarray, labels: np.ndarray, class_names, key: str, size: int = 64,
@@ -97,9 +90,9 @@ def array_encoder(images: np.ndarray, labels: np.ndarray, class_names, key: str,
             raise ValueError("the domain encoder is a classifier and needs training images of at least 2 classes.")
         remap = {c: i for i, c in enumerate(present)}
         names = [str(class_names[c]) for c in present]
-        model, info = train_domain_encoder(np.asarray(images), np.array([remap[c] for c in np.asarray(labels).tolist()]),
-                                           names, size, epochs, seed)
-        return {"state_dict": model.state_dict(), "classes": names, "dataset_hash": key, **info}
+        state = train_domain_encoder(np.asarray(images), np.array([remap[c] for c in np.asarray(labels).tolist()]),
+                                     names, size, epochs, seed)
+        return {**state, "dataset_hash": key}
 
     return cached_encoder(encoder_path(f"arrays{key}", size, epochs, seed), train, "the study's real train split", size)
 

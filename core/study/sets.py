@@ -1,7 +1,8 @@
 """Each cell's training set, made from the TRAINING split only.
 
-- :func:`load_splits` reads the real images of a dataset folder (:func:`core.data.manifest.real_rows`:
-  rows whose source is not ``classic:``, ``gan:`` or ``diffusion:``) at the study's size from the pixel cache, split by the manifest.
+- :func:`load_splits` reads the real images of a dataset folder (:func:`core.data.arrays.splits_arrays`:
+  rows whose source is not ``classic:``, ``gan:`` or ``diffusion:``) at the study's size from the pixel
+  cache, split by the manifest.
 - :func:`classic_copies` runs a registry operation (or the study's pipeline) over the training
   images through :mod:`core.augment` (image ``k`` of copy ``c`` uses the generator
   ``[seed, c, k]``); a crop, whose output is the box's size, is letterboxed back to the
@@ -69,30 +70,20 @@ def array_hash(x: np.ndarray, y: np.ndarray, class_names) -> str:
 
 def load_splits(ds, image_size: int, on_progress=None) -> Splits:
     """Real train/val/test images of ``ds`` at ``image_size`` (letterboxed, uint8)."""
-    from core.data.cache import pixel_cache
-    from core.data.manifest import real_rows
+    from core.data.arrays import splits_arrays
 
-    df = ds.manifest
-    real = real_rows(df)
-    cache = pixel_cache(ds, image_size, on_progress=on_progress)
-    usable = real & cache.ok
-    split = df["split"].to_numpy()
-    labels = df["label"].to_numpy()
-    present = set(labels[usable])
-    class_names = [c for c in ds.classes if c in present]
-    index = {c: i for i, c in enumerate(class_names)}
-    out = {}
-    ids = {}
-    for name in ("train", "val", "test"):
-        rows = np.flatnonzero(usable & (split == name))
-        if len(rows) == 0:
+    arrays = splits_arrays(ds, image_size, on_progress=on_progress)
+    for name, a in arrays.items():
+        if len(a) == 0:
             raise ValueError(f"{ds.root}: the {name} split has no readable real images; the study needs train, "
                              f"val and test images (check `python -m core dataset --data {ds.root}`).")
-        out[name] = (np.ascontiguousarray(cache.array[rows]), np.array([index[c] for c in labels[rows]], np.int64))
-        ids[name] = df["image_id"].to_numpy()[rows].tolist()
+    present = set().union(*(set(a.labels) for a in arrays.values()))
+    class_names = [c for c in ds.classes if c in present]
     if len(class_names) < 2:
         raise ValueError(f"{ds.root}: only {len(class_names)} class with images; a classifier needs at least 2.")
-    return Splits(*out["train"], *out["val"], *out["test"], class_names, ids)
+    out = [x for name in ("train", "val", "test")
+           for x in (arrays[name].images, arrays[name].class_indices(class_names))]
+    return Splits(*out, class_names, {name: a.ids for name, a in arrays.items()})
 
 
 # --- classic sets -----------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConf
     balancing planner's top-up; ``mode="tstr"`` as many images per class as the real training split
     holds (the TSTR set's whole training array)."""
     from core.balance import class_balance_plan, generate_plan
-    from core.data.cache import pixel_cache
+    from core.data.arrays import split_arrays
     from core.data.datasets import load_dataset
 
     size = splits.train_x.shape[1]
@@ -310,10 +301,8 @@ def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConf
         syn = load_dataset(folder)
     if not set(syn.manifest["split"]) <= {"train"}:
         raise ValueError(f"{folder}: synthetic images outside the train split; delete the folder and run again.")
-    cache = pixel_cache(syn, size)
-    index = {c: i for i, c in enumerate(splits.class_names)}
-    return np.ascontiguousarray(cache.array[cache.ok]), np.array([index[c] for c in syn.manifest["label"][cache.ok]],
-                                                                 np.int64)
+    images = split_arrays(syn, size, None, real_only=False)
+    return images.images, images.class_indices(splits.class_names)
 
 
 # --- one cell's training set ------------------------------------------------------------------
