@@ -8,10 +8,11 @@
                              and variant, cached, or taken from given checkpoints).
 - :mod:`core.study.run`      the parent MLflow study run, one child run per cell, resume, job
                              specs for fan-out (``run-cell``), the test-split hash check.
-- :mod:`core.study.results`  the results table rebuilt from MLflow child runs and each cell's test
-                             predictions (mean ± 95% CI, paired Δ against real only with CI, p, Holm
-                             and a verdict; generator fidelity on GAN rows), per-class paired Δ
-                             sensitivity, CSV export.
+- :mod:`core.study.store`    the cells as MLflow child runs and their test predictions: reading them
+                             back (``collect_cells``), the test-split hash check.
+- :mod:`core.study.results`  pure tables over the cells: mean ± 95% CI, paired Δ against real only
+                             with CI, p, Holm and a verdict (generator fidelity on GAN rows),
+                             per-class paired Δ sensitivity, CSV export.
 - :mod:`core.study.stats`    the paired bootstrap, sign-flip test, Holm and verdict behind the table.
 - :mod:`core.study.verdict`  the study's answer in plain words, from the table.
 - :mod:`core.study.commands` ``python -m core study``, ``run-cell`` and ``study-results``.

@@ -241,7 +241,7 @@ def check_study(data: str | Path, config: StudyConfig, out: str | Path, resume: 
     """(dataset, study.json of ``out`` or None) once everything a study needs is checked: networks,
     given GAN checkpoints, the device, the dataset, and ``out`` (a new study, or the same one to
     resume). Writes nothing, so the CLI calls it before creating ``out`` or its status file."""
-    from core.gan.train import resolve_device
+    from core.device import resolve_device
     from core.study.sets import resolve_checkpoint
 
     check_networks(config)
