@@ -52,7 +52,8 @@ def test_imported_modules_sees_imports_at_any_depth(tmp_path):
     sample.write_text("import os\n"
                       "def f():\n    from mlflow.entities import ViewType\n"
                       "class C:\n    def g(self):\n        import mlflow as m, json\n"
-                      "try:\n    import importlib; importlib.import_module('mlflow.tracking')\nexcept ImportError:\n    pass\n"
+                      "try:\n    import importlib; importlib.import_module('mlflow.tracking')\n"
+                      "except ImportError:\n    pass\n"
                       "from . import sibling\n")
     assert imported_modules(sample) == [(1, "os"), (3, "mlflow.entities"), (6, "json"), (6, "mlflow"), (8, "importlib"),
                                         (8, "mlflow.tracking")]

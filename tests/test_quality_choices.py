@@ -120,7 +120,7 @@ def test_set_warnings_as_a_report_file_reads_back(tmp_path):
 
 
 def test_set_warnings_of_an_older_report_read_from_its_text():
-    sets = pd.DataFrame({"set": ["a", "b", "c", "d"], "n_synthetic": [6, 2500, 40, 2600], "feature_dim": [64, 64, 64, 64],
+    sets = pd.DataFrame({"set": ["a", "b", "c", "d"], "n_synthetic": [6, 2500, 40, 2600], "feature_dim": [64] * 4,
                          "warnings": [f"{FID_SINGULAR} {FID_SMALL} {COLLAPSE}", INTERVALS, FID_SMALL, math.nan]})
     w = qc.set_warnings(sets)
     assert w.small == qc.SmallSets(("a", "c"), 6, 40, 64)

@@ -65,7 +65,8 @@ def test_source_file_and_source_dicom(tmp_path):
     write_sources(ds.root, [{"image_id": "a", "source_file": "imgs/a.dicom"},
                             {"image_id": "b", "source_file": "imgs/b.png"},
                             {"image_id": "gone", "source_file": "imgs/gone.dicom"}])
-    assert st_.source_file(ds, "a") == src / "imgs" / "a.dicom" and st_.source_dicom(ds, "a") == src / "imgs" / "a.dicom"
+    dicom = src / "imgs" / "a.dicom"
+    assert st_.source_file(ds, "a") == dicom and st_.source_dicom(ds, "a") == dicom
     assert st_.source_file(ds, "b") == src / "imgs" / "b.png" and st_.source_dicom(ds, "b") is None
     assert st_.source_file(ds, "gone") is None and st_.source_file(ds, "unknown") is None
     assert st_.source_file(FakeDataset(ds.root, {}), "a") is None   # no source root recorded (a phantom)

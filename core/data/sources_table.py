@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED_COLUMNS = ("image_id", "source_file")
+_REWRITE = "prepare the dataset again (Dataset page > Import, the same name) to rewrite it."
 
 
 class SourcesTableError(ValueError):
@@ -33,12 +34,12 @@ def read_sources(root: str | Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise SourcesTableError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                                f"prepare the dataset again (Dataset page > Import, the same name) to rewrite it.") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SourcesTableError(f"{path} cannot be read ({type(e).__name__}: {first}); {_REWRITE}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise SourcesTableError(f"{path} lacks the column(s) {', '.join(missing)} (it has {', '.join(table.columns) or 'none'}); "
-                                f"prepare the dataset again (Dataset page > Import, the same name) to rewrite it.")
+        has = ", ".join(table.columns) or "none"
+        raise SourcesTableError(f"{path} lacks the column(s) {', '.join(missing)} (it has {has}); {_REWRITE}")
     return table.drop_duplicates("image_id", keep="last").set_index("image_id")
 
 

@@ -104,6 +104,7 @@ def set_warnings(sets: pd.DataFrame) -> SetWarnings:
     small = None
     if unstable.any():
         rows = sets[unstable.to_numpy()]
-        small = SmallSets(tuple(str(s) for s in rows.get("set", pd.Series(dtype=str))),
-                          int(rows["n_synthetic"].min()), int(rows["n_synthetic"].max()), int(rows["feature_dim"].max()))
+        n = rows["n_synthetic"]
+        small = SmallSets(tuple(str(s) for s in rows.get("set", pd.Series(dtype=str))), int(n.min()), int(n.max()),
+                          int(rows["feature_dim"].max()))
     return SetWarnings(small, tuple(sorted(set(others) - {""})))
