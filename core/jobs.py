@@ -160,13 +160,14 @@ VALIDATED = {"train-gan": "core.gan.commands", "train-classifier": "core.classif
              "quality": "core.quality.commands", "study": "core.study.commands", "balance": "core.balance"}
 
 
-def validate(command: str, config: Mapping) -> None:
-    """Raise ValueError (naming the field and what to do) unless ``config`` is a valid job of ``command``."""
+def validate(command: str, config: Mapping):
+    """Raise ValueError (naming the field and what to do) unless ``config`` is a valid job of ``command``;
+    returns what the command's ``validate`` returns (e.g. the parsed config)."""
     import importlib
 
     if command not in VALIDATED:
         raise ValueError(f"{command!r} is not a job command with a config; choose one of {', '.join(VALIDATED)}.")
-    importlib.import_module(VALIDATED[command]).validate(dict(config))
+    return importlib.import_module(VALIDATED[command]).validate(dict(config))
 
 
 def submit(command: str, config: Mapping | None = None, label: str = "", argv: Sequence[str] = ()) -> Job:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import jobs, runs, tracking
 from core.charts import classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure, study_bar_figure
-from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, StudyConfig, cells, preset
+from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, cells, preset
 from core.study.results import delta_sensitivity, wide_table
 from pages import ui
 
@@ -60,9 +60,9 @@ def study_form() -> None:
                                                             "class, at most this many synthetic images per real one.")
     fields = {"sets": ["real", *[s for s in sets if s != "real"]], "networks": networks,
               "seeds": list(range(int(n_seeds))), "epochs": int(epochs), "image_size": int(size), "device": device,
-              "gan_steps": steps, "gan_cap": float(cap)}
+              "gan_steps": steps, "gan_cap": float(cap), "preset": name, "data": str(ds.root), "out": "{job_dir}"}
     try:
-        config = StudyConfig.from_dict({**base.to_dict(), **fields})
+        _, _, config = jobs.validate("study", fields)
         if not networks:
             raise ValueError("choose at least one network.")
     except ValueError as e:
@@ -72,9 +72,8 @@ def study_form() -> None:
     gans = config.gan_variants()
     st.caption(f"**{n} cells** ({len(config.sets)} sets × {len(config.networks)} networks × {len(config.seeds)} seeds)"
                + (f", plus one {', '.join(gans)} GAN each" if gans else "") + f". Dataset `{ds.id}`.")
-    if st.button("Launch study", type="primary", icon=":material/play_arrow:", key="st_launch"):
-        job = jobs.submit(["study"], config={**fields, "preset": name, "data": str(ds.root), "out": "{job_dir}"},
-                          label=f"study · {name} · {n} cells")
+    job = ui.launch_button("study", fields, "Launch study", label=f"study · {name} · {n} cells", key="st_launch")
+    if job is not None:
         launched(job)
 
 
@@ -93,12 +92,13 @@ def single_form() -> None:
     device = d[4].selectbox("Device", ["auto", "cpu", "cuda"], key="one_device")
     shuffled = st.toggle("Shuffled-label control", key="one_shuffle",
                          help="Train on permuted training labels: an honest run reaches only chance-level macro-F1.")
-    if st.button("Launch training", type="primary", icon=":material/play_arrow:", key="one_launch"):
-        config = {"model": model, "image_size": int(size), "epochs": int(epochs), "batch_size": int(batch),
-                  "lr": float(lr), "balance": balance, "seed": int(seed), "device": device,
-                  "shuffle_labels": shuffled, "data": str(ds.root), "out": "{job_dir}"}
-        launched(jobs.submit(["train-classifier"], config=config,
-                             label=f"{model} · {size}px" + (" · shuffled labels" if shuffled else "")))
+    config = {"model": model, "image_size": int(size), "epochs": int(epochs), "batch_size": int(batch),
+              "lr": float(lr), "balance": balance, "seed": int(seed), "device": device,
+              "shuffle_labels": shuffled, "data": str(ds.root), "out": "{job_dir}"}
+    job = ui.launch_button("train-classifier", config, "Launch training", key="one_launch",
+                           label=f"{model} · {size}px" + (" · shuffled labels" if shuffled else ""))
+    if job is not None:
+        launched(job)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

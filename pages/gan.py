@@ -17,8 +17,6 @@ train_counts = ds.class_counts("train")
 
 
 def train_form() -> None:
-    from core.gan.train import GanConfig
-
     st.caption("Training uses only the **train split**; the job runs in the background and logs to MLflow.")
     left, right = st.columns(2)
     with left:
@@ -63,25 +61,18 @@ def train_form() -> None:
                                          "checkpoint is kept (best.pt) and measured at the end (precision, recall).")
         fid_patience = f2.number_input("Stop after N checks without a better KID (0: never)", 0, 10_000, 6,
                                        key="gan_fid_patience")
-    fields = {"variant": variant, "resolution": int(resolution), "batch": int(batch), "epochs": int(epochs),
+    config = {"variant": variant, "resolution": int(resolution), "batch": int(batch), "epochs": int(epochs),
               "diffaug": diffaug, "lr": float(lr), "n_critic": int(n_critic), "seed": int(seed), "device": device,
-              "width": int(width),
-              "conditional": mode != "One class",
+              "width": int(width), "conditional": mode != "One class",
               "fidelity_every": int(fid_every) or None,
-              "fidelity_patience": (int(fid_patience) or None) if fid_every else None}
-    try:
-        GanConfig.from_dict(fields)
-    except ValueError as e:
-        st.error(str(e))
-        return
+              "fidelity_patience": (int(fid_patience) or None) if fid_every else None,
+              "data": str(ds.root), "out": "{job_dir}", **({"class": class_name} if mode == "One class" else {})}
     queued = sum(j.state == "running" for j in jobs.list_jobs())
     st.caption(f"{queued} job(s) running; at most {jobs.max_concurrent()} at once, others wait in the queue.")
-    if st.button("Launch training", type="primary", icon=":material/play_arrow:", key="gan_launch"):
-        config = {**fields, "data": str(ds.root), "out": "{job_dir}"}
-        if mode == "One class":
-            config["class"] = class_name
-        who = class_name if mode == "One class" else "conditional"
-        job = jobs.submit(["train-gan"], config=config, label=f"{variant} · {who} · {resolution}px")
+    who = class_name if mode == "One class" else "conditional"
+    job = ui.launch_button("train-gan", config, "Launch training", label=f"{variant} · {who} · {resolution}px",
+                           key="gan_launch")
+    if job is not None:
         st.session_state["gan_job_pick"] = job.id  # the Live tab (drawn after this one) follows it
         st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
 
@@ -197,12 +188,11 @@ def synthesis_panel() -> None:
     if missing:
         st.warning(f"No model for {', '.join(missing)}: train one, or a conditional model.")
         return
-    if st.button("Generate the plan's images", type="primary", icon=":material/auto_awesome:", key="bal_go"):
-        argv = ["balance", "--data", str(ds.root), "--target", str(target), "--cap", str(cap),
-                "--out", "{job_dir}/synthetic", "--classes", *chosen]
-        for name, path in mapping.items():
-            argv += ["--checkpoint", f"{name}={path}"]
-        job = jobs.submit(argv, label=f"balance · {int(plan['synthetic'].sum())} synthetic images")
+    config = {"data": str(ds.root), "target": target, "cap": cap, "out": "{job_dir}/synthetic",
+              "classes": list(chosen), "checkpoints": mapping}
+    job = ui.launch_button("balance", config, "Generate the plan's images", icon=":material/auto_awesome:",
+                           label=f"balance · {int(plan['synthetic'].sum())} synthetic images", key="bal_go")
+    if job is not None:
         st.toast(f"Generation job {job.id} {job.state}.")
     gen = [j for j in jobs.list_jobs() if j.command == "balance"][:5]
     for j in gen:

@@ -71,15 +71,13 @@ def evaluate_form() -> None:
         enc_epochs = a1.number_input("Domain encoder epochs", 1, 200, 8, key="q_enc_epochs",
                                      help="Trained once per dataset and cached in the workspace.")
         pairs = a2.number_input("Pairs for the diversity MS-SSIM", 10, 5000, 200, step=10, key="q_div_pairs")
-    if st.button("Evaluate", type="primary", icon=":material/insights:", key="q_go", disabled=not picked):
-        argv = ["quality", "--real", str(ds.root), "--extractor", extractor, "--n-per-class", str(int(n_per_class)),
-                "--boot", str(int(boot)), "--encoder-epochs", str(int(enc_epochs)),
-                "--diversity-pairs", str(int(pairs)), "--out", "{job_dir}"]
-        for label in picked:
-            argv += ["--synthetic", options[label]]
-        if epoch_run != "— none —":
-            argv += ["--epochs-of", with_grids[epoch_run]]
-        job = jobs.submit(argv, label=f"quality · {len(picked)} set(s)")
+    config = {"real": str(ds.root), "extractor": extractor, "n_per_class": int(n_per_class), "n_boot": int(boot),
+              "encoder_epochs": int(enc_epochs), "diversity_pairs": int(pairs), "out": "{job_dir}",
+              "synthetic": [options[label] for label in picked],
+              "epochs_of": with_grids[epoch_run] if epoch_run != "— none —" else None}
+    job = ui.launch_button("quality", config, "Evaluate", icon=":material/insights:", key="q_go",
+                           label=f"quality · {len(picked)} set(s)", disabled=not picked)
+    if job is not None:
         st.session_state["q_report_job"] = job.id   # Results opens its report once there is one
         st.toast(f"Quality job {job.id} {job.state}.", icon=":material/insights:")
     quality_jobs = [j for j in jobs.list_jobs() if j.command == "quality"][:3]

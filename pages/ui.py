@@ -205,3 +205,20 @@ def live_jobs_panel(commands: Iterable[str], render: Callable, *, pick_key: str,
             st.rerun()  # the job just ended: stop polling
 
     live()
+
+
+def launch_button(command: str, config: dict, button: str, *, label: str, key: str,
+                  icon: str = ":material/play_arrow:", disabled: bool = False):
+    """A form's launch: ``config`` (the command's --config fields) is checked as :func:`core.jobs.submit`
+    will check it (the command's own ``validate``), what is wrong is shown above a disabled button, and
+    a click queues the job. Returns the queued job, or None."""
+    from core import jobs
+
+    try:
+        jobs.validate(command, config)
+    except ValueError as e:
+        st.error(str(e), icon=":material/error:")
+        disabled = True
+    if st.button(button, type="primary", icon=icon, key=key, disabled=disabled):
+        return jobs.submit(command, config, label=label)
+    return None

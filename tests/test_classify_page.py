@@ -3,33 +3,16 @@ and read its results (table, bars, Δ heatmap, curves, confusion matrix) back fr
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import jobs
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_done(job_id: str, timeout: float = 240.0) -> jobs.Job:
-    deadline = time.time() + timeout
-    while (job := jobs.get_job(job_id)).active and time.time() < deadline:
-        time.sleep(0.3)
-    assert not job.active, f"job {job_id} still {job.state}:\n{job.log_tail()}"
-    return job
+from tests.page_helpers import open_page, wait_done
 
 
 @pytest.fixture
 def page(small_phantom, monkeypatch):
-    monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
-    monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/classify.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("classify", small_phantom.root, monkeypatch)
 
 
 def test_launch_a_study_and_read_its_results(page, small_phantom):
@@ -80,15 +63,22 @@ def test_launch_a_study_and_read_its_results(page, small_phantom):
 
 
 def test_single_run_form_submits_a_train_classifier_job(page, small_phantom, monkeypatch):
+    monkeypatch.setattr(jobs, "schedule", lambda: [])   # queued, never started: the CLI is tested in test_classify
     at = page
+    at.selectbox(key="one_model").set_value("resnet18")
+    at.number_input(key="one_size").set_value(16).run()   # below ResNet-18's 32 px: the form says so, no launch
+    assert any("image_size=16" in str(e.value) and "32" in str(e.value) for e in at.error), [e.value for e in at.error]
+    assert at.button(key="one_launch").disabled
     at.selectbox(key="one_model").set_value("small_cnn")
     at.number_input(key="one_size").set_value(16)
     at.number_input(key="one_epochs").set_value(1)
-    at.toggle(key="one_shuffle").set_value(True)
+    at.toggle(key="one_shuffle").set_value(True).run()
+    assert not at.error and not at.button(key="one_launch").disabled
     at.button(key="one_launch").click().run()
     assert not at.exception, at.exception
     job = jobs.get_job(at.session_state["clf_job_pick"])
     cfg = json.loads((job.dir / "config.json").read_text())
     assert job.meta["argv"][0] == "train-classifier" and "shuffled labels" in job.label
     assert cfg["model"] == "small_cnn" and cfg["epochs"] == 1 and cfg["shuffle_labels"] is True
+    assert job.state == "queued" and not at.error
     jobs.cancel(job.id)   # the CLI itself is core.classify's to test; here the page's hand-off is checked

@@ -1,34 +1,17 @@
 """GAN page: launch a real (tiny) training job from the form, watch it, browse it, balance with it."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.data.datasets import load_dataset
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_done(job_id: str, timeout: float = 180.0) -> jobs.Job:
-    deadline = time.time() + timeout
-    while (job := jobs.get_job(job_id)).active and time.time() < deadline:
-        time.sleep(0.2)
-    assert not job.active, f"job {job_id} still {job.state}:\n{job.log_tail()}"
-    return job
+from tests.page_helpers import open_page, wait_done
 
 
 @pytest.fixture
 def gan_page(small_phantom, monkeypatch):
-    monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
-    monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/gan.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("gan", small_phantom.root, monkeypatch)
 
 
 def test_launch_watch_browse_and_balance(gan_page, small_phantom):
@@ -102,3 +85,29 @@ def test_job_progress_shows_that_tracking_failed(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert [w.value for w in at.warning] == ["MLflow store http://x failed; Training goes on"]
     assert at.get("progress")[0].value == 50   # percent
+
+
+def test_the_form_checks_a_job_as_the_command_will_and_queues_a_conditional_one(gan_page, small_phantom,
+                                                                                  monkeypatch):
+    """Against a queue that never starts: what the form hands to core.jobs.submit, and what it refuses."""
+    import json
+
+    import torch
+
+    monkeypatch.setattr(jobs, "schedule", lambda: [])
+    at = gan_page
+    if not torch.cuda.is_available():   # the command would refuse --device cuda here, so the form does
+        at.selectbox(key="gan_device").set_value("cuda").run()
+        assert any("no CUDA GPU is visible" in str(e.value) for e in at.error), [e.value for e in at.error]
+        assert at.button(key="gan_launch").disabled
+        at.selectbox(key="gan_device").set_value("cpu").run()
+    assert not at.error and not at.button(key="gan_launch").disabled
+    at.radio(key="gan_mode").set_value("Conditional (all classes)").run()
+    at.segmented_control(key="gan_variant").set_value("wgan").run()
+    at.button(key="gan_launch").click().run()
+    assert not at.exception, at.exception
+    job = jobs.get_job(at.session_state["gan_job_pick"])
+    cfg = json.loads((job.dir / "config.json").read_text())
+    assert job.state == "queued" and job.label.startswith("wgan · conditional")
+    assert cfg["conditional"] is True and "class" not in cfg and cfg["variant"] == "wgan" and cfg["device"] == "cpu"
+    jobs.cancel(job.id)

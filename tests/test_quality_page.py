@@ -3,6 +3,7 @@ run from the tracking store is drawn (set table with intervals and extractor, di
 memorization pairs)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     runs = tiny_gan_runs(small_phantom.root)
     monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
-    monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
+    monkeypatch.setattr(jobs, "schedule", lambda: [])   # queued, never started: the CLI is tested in test_quality.py
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     at.switch_page("pages/quality.py").run()
     assert not at.exception, at.exception
@@ -37,10 +38,12 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     assert not at.exception, at.exception
 
     job = next(j for j in jobs.list_jobs() if j.command == "quality")
-    argv = job.meta["argv"]
-    assert argv[0] == "quality" and argv.count("--synthetic") == 2 and "--epochs-of" in argv
-    assert {str(r) for r in runs} <= set(argv) and argv[argv.index("--n-per-class") + 1] == "8"
-    jobs.cancel(job.id)   # the CLI itself is tested in test_quality.py; here the page draws its report
+    assert job.state == "queued" and job.meta["argv"] == ["quality", "--config", str(job.dir / "config.json")]
+    config = json.loads((job.dir / "config.json").read_text())   # what the command will read, validated
+    assert len(config["synthetic"]) == 2 and set(config["synthetic"]) <= {str(r) for r in runs}
+    assert config["epochs_of"] in {str(r) for r in runs} and config["n_per_class"] == 8
+    assert config["real"] == str(small_phantom.root) and config["out"] == str(job.dir)
+    jobs.cancel(job.id)
 
     out, _, _ = quality_report(small_phantom)
     run = next(r for r in tracking.search_runs("quality") if r.data.tags.get("medaug.out") == str(out))
