@@ -22,12 +22,16 @@ def wait_for(job_id: str, states=jobs.TERMINAL, timeout: float = 90.0) -> jobs.J
 
 
 def phantom_argv(n: int, size: int = 32) -> list[str]:
-    return ["phantom", "--out", "{job_dir}/data", "--n", str(n), "--size", str(size), "--workers", "1"]
+    return ["--out", "{job_dir}/data", "--n", str(n), "--size", str(size), "--workers", "1"]
+
+
+def submit_phantom(n: int, size: int = 32, label: str = "") -> jobs.Job:
+    return jobs.submit("phantom", label=label, argv=phantom_argv(n, size))
 
 
 def test_job_runs_detached_and_reports(monkeypatch):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
-    job = jobs.submit(phantom_argv(24), label="tiny phantom")
+    job = submit_phantom(24, label="tiny phantom")
     assert job.state == "running" and job.label == "tiny phantom"
     assert os.getpgid(job.meta["pid"]) != os.getpgid(0), "the job must not share the server's process group"
     done = wait_for(job.id)
@@ -42,8 +46,8 @@ def test_job_runs_detached_and_reports(monkeypatch):
 
 def test_queue_respects_the_maximum_and_advances_by_itself(monkeypatch):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
-    first = jobs.submit(phantom_argv(60))
-    second = jobs.submit(phantom_argv(20))
+    first = submit_phantom(60)
+    second = submit_phantom(20)
     assert first.state == "running" and second.state == "queued"
     a, b = wait_for(first.id), wait_for(second.id)  # nobody calls schedule(): the supervisor does
     assert a.state == b.state == "finished"
@@ -52,7 +56,7 @@ def test_queue_respects_the_maximum_and_advances_by_itself(monkeypatch):
 
 def test_two_jobs_run_at_once_when_allowed(monkeypatch):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "2")
-    one, two = jobs.submit(phantom_argv(40)), jobs.submit(phantom_argv(40))
+    one, two = submit_phantom(40), submit_phantom(40)
     assert one.state == two.state == "running"
     a, b = wait_for(one.id), wait_for(two.id)
     assert a.state == b.state == "finished"
@@ -62,24 +66,29 @@ def test_two_jobs_run_at_once_when_allowed(monkeypatch):
 
 def test_cancel_stops_the_processes_and_starts_the_next(monkeypatch):
     monkeypatch.setenv("MEDAUG_MAX_JOBS", "1")
-    slow = jobs.submit(phantom_argv(20000, size=128))
-    nxt = jobs.submit(phantom_argv(10))
+    slow = submit_phantom(20000, size=128)
+    nxt = submit_phantom(10)
     deadline = time.time() + 30
     while "child_pid" not in jobs.get_job(slow.id).meta and time.time() < deadline:
         time.sleep(0.05)
     child = jobs.get_job(slow.id).meta["child_pid"]
     cancelled = jobs.cancel(slow.id)
     assert cancelled.state == "cancelled"
-    time.sleep(0.5)
-    for pid in (slow.meta["pid"], child):
-        assert not jobs._pid_alive(pid), f"process {pid} survived cancel"
+    # cancel() waits for the supervisor only; its child gets the same signal and may take a
+    # moment to go: wait for both to be gone (a deadline, not a fixed sleep)
+    pids = (slow.meta["pid"], child)
+    deadline = time.time() + 15
+    while any(jobs._pid_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        assert not jobs._pid_alive(pid), f"process {pid} survived cancel (15 s after it)"
     assert wait_for(nxt.id).state == "finished"
     assert jobs.get_job(slow.id).state == "cancelled"
     assert not (slow.dir / "data" / "dataset.json").exists()
 
 
 def test_failed_command_records_its_error():
-    job = jobs.submit(["dataset", "--data", "/nonexistent/folder"])
+    job = jobs.submit("dataset", argv=["--data", "/nonexistent/folder"])
     done = wait_for(job.id)
     assert done.state == "failed" and done.meta["exit_code"] == 2
     assert "not a MedAug dataset folder" in done.meta["error"]
