@@ -4,7 +4,6 @@ the report download, and the empty / unreachable store panels."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -170,15 +169,16 @@ def test_missing_store_shows_how_to_start(small_phantom, monkeypatch, tmp_path):
     assert not db.exists()
 
 
-def test_unreachable_store_says_so_quickly(small_phantom, monkeypatch):
+def test_unreachable_store_says_so_quickly(small_phantom, monkeypatch, http_calls):
     uri = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    t0 = time.perf_counter()
+    http_calls.clear()
     at.switch_page("pages/runs.py").run()
-    took = time.perf_counter() - t0
     assert not at.exception, at.exception
-    assert took < 5, took
+    # quick: the page asks the server once, with a bounded wait, and then nothing through MLflow's
+    # client (whose retries and back-off would hold the page for minutes)
+    assert http_calls == [("probe", f"{uri}/health", 3.0)], http_calls
     err = texts(at.error)
     assert uri in err and "cannot be reached" in err and "MLFLOW_TRACKING_URI" in err
