@@ -67,8 +67,17 @@ def test_sliders_add_move_remove_and_presets(page):
     page.button(key="aug_load_preset").click().run()
     assert not page.exception
     assert len(step_titles(page)) == 7 and page.get("button_group")  # the mode control is shown
-    shown = [c for c in captions(page) if c and not c.startswith(("original", "Writes", "Build"))]
-    assert all(" · " not in c for c in shown[:2]), "one_of mode runs exactly one step per sample"
+    # the preview's captions: the original's, then one per sample (2, set above), each naming
+    # the steps that ran, joined by " · "
+    from core.augment.pipeline import PRESETS
+
+    ops = {s.op for s in PRESETS["original-study"]().steps}
+    assert len(page.get("image")) == 1 + 2
+    caps = captions(page)
+    first = next(i for i, c in enumerate(caps) if c.startswith("original · "))
+    samples = caps[first + 1:first + 3]
+    assert len(samples) == 2 and all(c.split(" ")[0] in ops for c in samples), (caps, ops)
+    assert all(" · " not in c for c in samples), f"one_of mode runs exactly one step per sample: {samples}"
 
 
 def test_exports_follow_the_sliders(page):

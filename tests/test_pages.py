@@ -1,9 +1,13 @@
 """AppTest for every page: it renders without exceptions and its widgets do their job."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +20,33 @@ def app(small_phantom, monkeypatch):
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture
+def media(monkeypatch) -> dict[str, bytes]:
+    """The bytes of every media file the app stores, by file id (an image element's url ends in
+    ``<file id>.<ext>``), so a test can look at the pixels a page shows."""
+    files: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = self.get_file(file_id).content
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return files
+
+
+def coloured_pixels(at, media: dict[str, bytes]) -> list[int]:
+    """Per image shown: how many pixels are not grey. The grid's images are greyscale films; only
+    the drawn lesion boxes (class colours) make R, G and B differ."""
+    counts = []
+    for element in at.get("image"):
+        file_id = Path(element.proto.imgs[0].url).stem
+        rgb = np.asarray(Image.open(io.BytesIO(media[file_id])).convert("RGB")).astype(int)
+        counts.append(int(((rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])).sum()))
+    return counts
 
 
 def texts(at) -> str:
@@ -35,7 +66,7 @@ def test_home_shows_purpose_workflow_and_dataset(app, small_phantom):
     assert "Synthetic phantom" in sidebar, "the synthetic badge is missing from the sidebar"
 
 
-def test_dataset_page_chart_grid_filter_and_boxes(app, small_phantom):
+def test_dataset_page_chart_grid_filter_and_boxes(app, small_phantom, media):
     app.switch_page("pages/dataset.py").run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Dataset"
@@ -51,8 +82,17 @@ def test_dataset_page_chart_grid_filter_and_boxes(app, small_phantom):
     assert any("Surgical implant" in str(m.value) for m in app.markdown)
     app.slider(key="grid_n").set_value(2).run()
     assert len(app.get("image")) == 2
+    # the Boxes toggle: on (the default), every implant image shows its coloured lesion box; off,
+    # the same images are plain grey; on again, the boxes are back
+    assert (small_phantom.manifest.loc[small_phantom.manifest["label"] == "Surgical implant", "boxes"]
+            .map(len) > 0).all()
+    with_boxes = coloured_pixels(app, media)
+    assert len(with_boxes) == 2 and all(n > 0 for n in with_boxes), with_boxes
     app.toggle(key="grid_boxes").set_value(False).run()
-    assert not app.exception
+    assert not app.exception, app.exception
+    assert coloured_pixels(app, media) == [0, 0]
+    app.toggle(key="grid_boxes").set_value(True).run()
+    assert coloured_pixels(app, media) == with_boxes
 
 
 def test_dataset_view_button_opens_the_record(app, small_phantom):
