@@ -1,11 +1,12 @@
-# MedAug Studio. `make run` serves the app on the phantom data; `make test` runs every test.
+# MedAug Studio. `make run` serves the app on the phantom data; `make test` runs every test;
+# `make test-fast` runs all but the slow and browser tests (under 2 minutes on 2 cores).
 # Both create .venv and install what is missing (re-installing when a requirements file changes).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test install install-test browser bench clean-workspace
+.PHONY: run test test-fast install install-test browser bench clean-workspace
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,10 @@ run: install
 
 test: install-test browser
 	$(PY) -m pytest
+
+# The slow tests are listed in tests/conftest.py (SLOW); the browser ones carry their own marker.
+test-fast: install-test
+	$(PY) -m pytest -m "not slow and not browser"
 
 bench: install-test browser
 	$(PY) bench/phantom.py
