@@ -77,7 +77,11 @@ def set_threads(threads: int | None, ctx) -> None:
 
 def images_to_tensor(images, resolution: int) -> torch.Tensor:
     """uint8 (N, H, W) or (N, 1, H, W), numpy or torch -> uint8 (N, 1, R, R) on the CPU."""
-    t = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
+    if isinstance(images, np.ndarray):
+        a = np.ascontiguousarray(images)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())   # a memmap or a pandas view is read-only
+    else:
+        t = torch.as_tensor(images)
     if t.dtype != torch.uint8:
         raise ValueError(f"images: expected uint8 pixels (N, H, W), got {t.dtype}; convert with core.data.io.to_uint8.")
     if t.ndim == 3:

@@ -83,6 +83,17 @@ def isolated_workspace(session_home, monkeypatch):
     return session_home
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread is faster, and immune to other processes on the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_phantom(tmp_path_factory):
     """A small phantom dataset (all 8 classes, 64 px), built once per session."""

@@ -8,17 +8,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from core.gan.train import BEST_FILE, CHECKPOINT_FILE, GanConfig, GanTrainer, load_checkpoint, train_gan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors (tests/conftest.py)
 
 
 def tiny(**kw) -> GanConfig:
