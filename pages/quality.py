@@ -101,6 +101,10 @@ def load(choice: qc.ReportChoice) -> qr.Report:
     return qc.load_choice(choice)
 
 
+SET_TABLE_COLUMNS = ("set", "extractor", "n_synthetic", "n_real", "fid", "kid", "precision", "recall", "mean_ssim",
+                     "mean_psnr", "mean_ms_ssim", "diversity_synthetic", "diversity_real", "flagged")
+
+
 def set_table(rep: qr.Report) -> None:
     s = rep.sets.copy()
 
@@ -175,6 +179,11 @@ def results() -> None:
         return
     if rep.sets.empty and rep.epochs.empty:
         st.info("This report holds no sets.")
+        return
+    missing = [c for c in SET_TABLE_COLUMNS if c not in rep.sets] if not rep.sets.empty else []
+    if missing:
+        st.error(f"{choice.label}: its sets.csv lacks {', '.join(missing)} (written by another version?); run the "
+                 f"evaluation again to rebuild it.")
         return
     if not rep.sets.empty:
         st.subheader("Set metrics")

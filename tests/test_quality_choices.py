@@ -49,7 +49,9 @@ def quality_runs(tmp_path):
         if status == "FAILED":
             tracking.client().set_terminated(run.run_id, "FAILED")
         ids[name] = run.run_id
-    return ids
+    yield ids
+    for run_id in ids.values():   # the store is the session's: other tests' pages must not offer these
+        tracking.client().delete_run(run_id)
 
 
 def test_report_choices_list_jobs_then_runs_and_load_each(tmp_path, monkeypatch, quality_runs):

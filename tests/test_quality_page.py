@@ -67,3 +67,18 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     at.selectbox(key="q_pairs_set").set_value("planted copy (test)").run()
     shown = [str(i.proto) for i in at.get("imgs") + at.get("image")]
     assert any("FLAGGED near-copy" in p for p in shown), shown[:2]
+
+
+def test_a_report_missing_columns_is_named_not_a_crash(small_phantom, tmp_path, monkeypatch):
+    """A report folder from another version (a sets.csv without the metric columns) is the newest one."""
+    from tests.test_quality_choices import fake_job, report_folder
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDAUG_HOME", str(home))
+    monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
+    report_folder(fake_job(home, "old1", ["quality", "--real", "x"], "finished", 2e9), ["an old set"])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/quality.py").run()
+    assert not at.exception, at.exception
+    errors = [str(e.value) for e in at.error]
+    assert any("sets.csv lacks extractor" in e and "run the evaluation again" in e for e in errors), errors
