@@ -31,12 +31,17 @@ browser:
 run: install
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
+# Two pytest workers (pytest-xdist), a test file each at a time: most tests use one core (one torch
+# thread, waits on jobs and browsers), so two workers fill a 2-core machine. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install-test browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 # The slow tests are listed in tests/conftest.py (SLOW); the browser ones carry their own marker.
 test-fast: install-test
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest $(XDIST) -m "not slow and not browser"
 
 bench: install-test browser
 	$(PY) bench/phantom.py

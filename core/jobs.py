@@ -319,19 +319,25 @@ def run_supervised(job_id: str) -> int:
         code = child.wait()
     meta = _read_json(folder / "job.json")
     status = _read_json(folder / "status.json")
-    if meta.get("state") == "running":  # not cancelled meanwhile
+    running = meta.get("state") == "running"   # not cancelled meanwhile
+    error = None
+    if running:
         if status.get("state") in TERMINAL:
             state = status["state"]
         else:
             state = "finished" if code == 0 else "died" if code < 0 else "failed"
         error = (_signal_error(code, status) if code < 0 and state == "died"
                  else _last_error(folder) if state == "failed" else None)
-        meta = _update(folder, state=state, exit_code=code, ended=time.time(), **({"error": error} if error else {}))
-    if status.get("state") in ACTIVE_STATUS:
-        # the command ended without recording it (its disk is full, it was killed): say how it ended
+    else:
         state = meta.get("state", "failed")
-        _end_status(folder, status, state, meta.get("error") or (state if state in ("finished", "cancelled")
-                                                                  else f"exit code {code}"))
+        error = meta.get("error")
+    if status.get("state") in ACTIVE_STATUS:
+        # the command ended without recording it (its disk is full, it was killed): say how it ended, before
+        # job.json does, so whoever sees the job ended reads the same outcome in its status
+        _end_status(folder, status, state, error or (state if state in ("finished", "cancelled")
+                                                     else f"exit code {code}"))
+    if running:
+        _update(folder, state=state, exit_code=code, ended=time.time(), **({"error": error} if error else {}))
     schedule()
     return code
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core import jobs, tracking
+from core.quality import report as qr
 from core.quality.choices import report_choices
 from tests.quality_helpers import ENCODER_EPOCHS, quality_report, tiny_gan_runs
 
@@ -26,10 +27,13 @@ def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
     offered = at.multiselect(key="q_sources").options
     gan_options = [o for o in offered if o.startswith("GAN run")]
     assert len(gan_options) >= 2, offered
-    at.multiselect(key="q_sources").set_value(gan_options[:2])
+    ours = {r["label"]: r for r in qr.gan_runs() if r["out"] in {str(p) for p in runs}}   # other tests' runs too
+    assert len(ours) == 2 and {f"GAN run · {label}" for label in ours} <= set(gan_options), (ours, gan_options)
+    at.multiselect(key="q_sources").set_value([f"GAN run · {label}" for label in ours])
     epochs = [o for o in at.selectbox(key="q_epochs").options if o != "— none —"]
-    assert epochs, "a run with several epoch grids is offered for fidelity over training"
-    at.selectbox(key="q_epochs").set_value(epochs[0])
+    with_grids = [label for label, r in ours.items() if r["grids"] > 1]
+    assert with_grids and set(with_grids) <= set(epochs), "a run with several epoch grids is offered"
+    at.selectbox(key="q_epochs").set_value(with_grids[0])
     at.number_input(key="q_n").set_value(8)
     at.number_input(key="q_boot").set_value(10)
     at.number_input(key="q_enc_epochs").set_value(ENCODER_EPOCHS)

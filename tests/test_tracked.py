@@ -110,3 +110,4 @@ def test_submit_queues_a_valid_config_as_the_commands_config_file(small_phantom,
     args = build_parser().parse_args(job.meta["argv"])   # the command reads it back as the same job
     job_keys, fields, ds = validate(job_fields(args, "train-gan", required=(), rename={"class_name": "class"}))
     assert job_keys["class"] == "Osteophytes" and fields["resolution"] == 32 and ds.root == small_phantom.root
+    jobs.cancel(job.id)   # the session's queue: a later test's scheduler must not start it
