@@ -16,9 +16,8 @@ from core.data.dicom import MASK, DicomReadOptions, dicom_header, display_transf
 from core.data.io import ImageReadError
 
 
-def make_dicom(path: Path, stored: np.ndarray, bits: int, photometric: str = "MONOCHROME2", signed: bool = False,
-               **attrs) -> Path:
-    """A native (uncompressed) single-frame grey DICOM holding ``stored``."""
+def grey_dx(rows: int, cols: int, photometric: str = "MONOCHROME2") -> Dataset:
+    """The header of a native single-frame grey DX image (file meta, UIDs, size), without pixels."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -27,9 +26,14 @@ def make_dicom(path: Path, stored: np.ndarray, bits: int, photometric: str = "MO
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, photometric
+    return ds
+
+
+def make_dicom(path: Path, stored: np.ndarray, bits: int, photometric: str = "MONOCHROME2", signed: bool = False,
+               **attrs) -> Path:
+    """A native (uncompressed) single-frame grey DICOM holding ``stored``."""
+    ds = grey_dx(*stored.shape, photometric)
     ds.BitsAllocated = 8 if bits <= 8 else 16
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, int(signed)
     for key, value in attrs.items():

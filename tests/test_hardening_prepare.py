@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from core.data.datasets import build_phantom_dataset, load_dataset
 from core.data.prepare import PrepareConfig, prepare, read_report
+from tests.test_dicom import grey_dx
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses rlimits and /proc")
@@ -168,15 +167,7 @@ def test_a_failed_rerun_leaves_the_finished_dataset_in_place_and_usable(source, 
 
 def write_dicom(path: Path, rows: int, cols: int, bits_allocated: int, data: bytes) -> Path:
     """A native grey DICOM whose header says ``bits_allocated`` and whose pixel data is ``data``."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds = grey_dx(rows, cols)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_allocated, bits_allocated, \
         bits_allocated - 1, 0
     ds.PixelData = data
