@@ -33,7 +33,6 @@ the same batch and seed (up to float summation order). Only rank 0 checkpoints a
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
