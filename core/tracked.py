@@ -92,7 +92,6 @@ class TrackedJob:
 
     def __init__(self, command: str, out: Path, status: StatusFile, lock: FolderLock):
         self.command, self.out, self.status, self.lock = command, out, status, lock
-        self.run_id: str | None = None
 
     def tracking_trouble(self, message: str) -> None:
         """The store failed or recovered (:mod:`core.tracking` queues and retries): say so, keep working."""
@@ -109,7 +108,6 @@ class TrackedJob:
         with tracking.continue_run(resume_from, kind, params, on_error=self.tracking_trouble, **options) as run:
             if resume_from:
                 log(f"  resume: {run.note}")
-            self.run_id = run.run_id
             self.lock.note(run_id=run.run_id)
             self.status.update(force=True, state="running", message=running, run_id=run.run_id)
             yield run
