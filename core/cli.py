@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "core.quality.commands",
     "core.study.commands",
     "core.report",
+    "core.reader_study",
     "core.tracking",
 )
 

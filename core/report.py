@@ -148,6 +148,8 @@ def build_report(run_ids: Iterable[str], *, title: str | None = None, include_ch
     # a study opens with its answer in words
     for _, p in table[table["run_id"].isin(parents) & (table["kind"] == "study")].iterrows():
         body.extend(_study_answer(p["run_id"]))
+    for _, r in table[table["kind"] == "reader-study"].iterrows():
+        body.extend(_reader_study_section(r["run_id"], labels[r["run_id"]]))
 
     # runs
     body.append("<h2>Runs</h2>")
@@ -252,6 +254,28 @@ def _study_answer(run_id: str) -> list[str]:
     return ["<h2>The study's answer</h2>", f'<ul class="verdict">{items}</ul>',
             '<p class="note">Δ against real only, paired image by image on the shared test split; 95% bootstrap '
             "CIs; p from a sign-flip randomization test, Holm-adjusted across the table.</p>"]
+
+
+def _reader_study_section(run_id: str, label: str) -> list[str]:
+    """A reader-study run's verdicts and its per-reader and per-generator tables (from its artifacts)."""
+    from core.reader_study import display_table, fetch_tables
+
+    try:
+        tables = fetch_tables(run_id)
+    except Exception as e:  # noqa: BLE001 -- a report still shows the runs when the tables are gone
+        return [f'<p class="note">Reader study {_e(label)}: its tables could not be read: {_e(str(e))}</p>']
+    readers, generators = tables["readers"], tables["generators"]
+    items = "".join(f"<li><b>{_e(r)}</b> {_e(v)}</li>" for r, v in zip(readers["reader"], readers["verdict"]))
+    out = [f"<h2>Reader study: real or synthetic? ({_e(label)})</h2>", f'<ul class="verdict">{items}</ul>']
+    for title, t in (("Per reader", readers), ("Per generator (its images and the real images)", generators)):
+        shown = display_table(t)
+        out += [f"<h3>{title}</h3>", _table(list(shown.columns), shown.values.tolist())]
+    out.append('<p class="note">Accuracy: real and synthetic images told apart; chance is 50% for a study that is '
+               "half real. 95% Wilson intervals; p: exact two-sided binomial test against 50%. Sensitivity: synthetic "
+               "images called synthetic; specificity: real images called real; class agreement: the class the reader "
+               "saw on a synthetic image equals the class its generator was asked for. The key of which image was "
+               "which is the run's artifact reader-study/key.json.</p>")
+    return out
 
 
 def _has_epochs(table, curves) -> bool:
