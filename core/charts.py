@@ -334,3 +334,33 @@ def confusion_matrix_figure(matrix, classes: list[str], title: str = "Confusion 
                       xaxis={"title": "predicted", "tickangle": -45, "automargin": True},
                       yaxis={"title": "true", "autorange": "reversed", "automargin": True})
     return fig
+
+
+def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled: str = "All readers (pooled)"):
+    """Reader study: accuracy with its 95% CI per reader (left) and per generator (right: all readers
+    pooled, or the one reader), against the 50% a coin flip scores."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    gens = generators[generators["reader"] == pooled] if (generators["reader"] == pooled).any() else generators
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.28,
+                        subplot_titles=("Accuracy per reader", "Accuracy per generator (its images + the real ones)"))
+    for col, table, names in ((1, readers, readers["reader"]), (2, gens, gens["generator_name"])):
+        names = [str(n) for n in names][::-1]
+        t = table.iloc[::-1]
+        beat = [bool(b) for b in t["beat_chance"]]
+        fig.add_scatter(x=t["accuracy"], y=names, mode="markers", row=1, col=col, showlegend=False,
+                        marker=dict(size=11, color=["#D55E00" if b else "#0072B2" for b in beat]),
+                        error_x=dict(type="data", symmetric=False, array=t["accuracy_hi"] - t["accuracy"],
+                                     arrayminus=t["accuracy"] - t["accuracy_lo"], thickness=2, width=6),
+                        customdata=list(zip(t["n"], t["correct"], t["p_value"])),
+                        hovertemplate="%{y}: %{x:.0%} (%{customdata[1]} of %{customdata[0]}), "
+                                      "p = %{customdata[2]:.2g}<extra></extra>")
+        fig.add_vline(x=0.5, line_dash="dash", line_color="#59636e", row=1, col=col,
+                      annotation_text="chance 50%", annotation_position="top")
+        fig.update_xaxes(range=[0, 1.02], tickformat=".0%", title_text="accuracy, 95% CI", row=1, col=col)
+    rows = max(len(readers), len(gens), 1)
+    fig.update_layout(height=170 + 42 * rows, margin=dict(l=10, r=20, t=60, b=40),
+                      title=dict(text="Real or synthetic? Orange: told apart better than chance (p < 0.05)",
+                                 font=dict(size=14)))
+    return fig
