@@ -343,8 +343,8 @@ def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled:
     from plotly.subplots import make_subplots
 
     gens = generators[generators["reader"] == pooled] if (generators["reader"] == pooled).any() else generators
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.28,
-                        subplot_titles=("Accuracy per reader", "Accuracy per generator (its images + the real ones)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.3,
+                        subplot_titles=("Per reader", "Per generator (its images + the real ones)"))
     for col, table, names in ((1, readers, readers["reader"]), (2, gens, gens["generator_name"])):
         names = [str(n) for n in names][::-1]
         t = table.iloc[::-1]
@@ -356,11 +356,11 @@ def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled:
                         customdata=list(zip(t["n"], t["correct"], t["p_value"])),
                         hovertemplate="%{y}: %{x:.0%} (%{customdata[1]} of %{customdata[0]}), "
                                       "p = %{customdata[2]:.2g}<extra></extra>")
-        fig.add_vline(x=0.5, line_dash="dash", line_color="#59636e", row=1, col=col,
-                      annotation_text="chance 50%", annotation_position="top")
+        fig.add_vline(x=0.5, line_dash="dash", line_color="#59636e", row=1, col=col)
         fig.update_xaxes(range=[0, 1.02], tickformat=".0%", title_text="accuracy, 95% CI", row=1, col=col)
     rows = max(len(readers), len(gens), 1)
-    fig.update_layout(height=170 + 42 * rows, margin=dict(l=10, r=20, t=60, b=40),
-                      title=dict(text="Real or synthetic? Orange: told apart better than chance (p < 0.05)",
-                                 font=dict(size=14)))
+    fig.update_layout(height=190 + 42 * rows, margin=dict(l=10, r=20, t=90, b=40),
+                      title=dict(text="Real or synthetic: accuracy with 95% CI · dashed: chance (50%) · "
+                                      "orange: better than chance (p < 0.05)", font=dict(size=14)))
+    fig.update_annotations(font_size=13)
     return fig

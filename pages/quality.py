@@ -204,7 +204,27 @@ def results() -> None:
         memorization_panel(rep)
 
 
+def reader_studies() -> None:
+    """The human judgement beside the metrics: each reader study's verdicts, chart and table."""
+    from core import reader_study as rs
+    from core.charts import reader_study_figure
+
+    st.subheader("Reader studies: can people tell them apart?")
+    st.page_link("pages/reader.py", label="Set up a study or read on the Reader study page", icon=":material/visibility:")
+    studies = [s for s in rs.list_studies() if not rs.answers_table(s).empty]
+    if not studies:
+        st.caption("No reader study with answers yet.")
+        return
+    by_id = {s.id: s for s in studies}
+    picked = st.selectbox("Reader study", list(by_id), key="q_reader_study", format_func=lambda i: by_id[i].label)
+    scores = rs.score(by_id[picked])
+    st.markdown("\n".join(f"- **{r['reader']}** {r['verdict']}" for r in scores.readers.to_dict("records")))
+    st.plotly_chart(reader_study_figure(scores.readers, scores.generators), key="q_reader_chart")
+    st.dataframe(rs.display_table(scores.readers), hide_index=True, key="q_reader_table")
+
+
 with st.container(border=True):
     st.markdown("**Evaluate**")
     evaluate_form()
 results()
+reader_studies()

@@ -20,20 +20,19 @@ st.caption("A visual Turing test. Readers see real and generated images of the c
            "and their confidence. Chance is 50%.")
 
 studies = rs.list_studies()
-if "rd_section" not in st.session_state:
-    st.session_state["rd_section"] = "Read" if studies else "Set up"
-section = st.segmented_control("Section", SECTIONS, key="rd_section", required=True, label_visibility="collapsed")
+section = st.segmented_control("Section", SECTIONS, key="rd_section", default="Read" if studies else "Set up",
+                               required=True, label_visibility="collapsed")
 
 
-def pick_study() -> rs.ReaderStudy | None:
+def pick_study(where=st) -> rs.ReaderStudy | None:
     if not studies:
-        st.info("No reader study yet: create one under **Set up**.")
+        where.info("No reader study yet: create one under **Set up**.")
         return None
     by_id = {s.id: s for s in studies}
     if (st.session_state.get("rd_study") or st.query_params.get("rd_study")) not in by_id:
         st.session_state["rd_study"] = studies[0].id
     # bound to the URL (?rd_study=...&rd_reader=...), so a reload keeps the study and the reader
-    picked = st.selectbox("Study", list(by_id), key="rd_study", format_func=lambda i: by_id[i].label,
+    picked = where.selectbox("Study", list(by_id), key="rd_study", format_func=lambda i: by_id[i].label,
                           bind="query-params")
     return by_id[picked]
 
@@ -118,8 +117,8 @@ def go_back(position: int) -> None:
     st.session_state["rd_conf"] = None
 
 
-def reading(study: rs.ReaderStudy) -> None:
-    reader = st.text_input("Your name", key="rd_reader", placeholder="name or initials", bind="query-params",
+def reading(study: rs.ReaderStudy, name_slot) -> None:
+    reader = name_slot.text_input("Your name", key="rd_reader", placeholder="name or initials", bind="query-params",
                            help="Each reader's answers are kept apart; the same name continues where it stopped.")
     if not reader.strip():
         st.info("Enter your name to start reading.")
@@ -143,7 +142,7 @@ def reading(study: rs.ReaderStudy) -> None:
     token = prog.order[position]
     st.session_state.setdefault("rd_shown", {}).setdefault(token, time.monotonic())
     left, right = st.columns([3, 2], gap="large")
-    left.image(study.image_path(token).read_bytes(), width=560)
+    left.image(study.image_path(token).read_bytes(), width=480)
     with right:
         if token in prog.answered:
             st.caption(f"You answered **{prog.answered[token]['answer']}** here; a new answer replaces it.")
@@ -202,9 +201,12 @@ def results(study: rs.ReaderStudy) -> None:
 
 if section == "Set up":
     setup_form()
+elif section == "Read":
+    study_slot, name_slot = st.columns([3, 2])
+    picked = pick_study(study_slot)
+    if picked is not None:
+        reading(picked, name_slot)
 else:
     picked = pick_study()
-    if picked is not None and section == "Read":
-        reading(picked)
-    elif picked is not None:
+    if picked is not None:
         results(picked)

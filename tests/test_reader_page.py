@@ -117,3 +117,19 @@ def test_bad_reader_name_is_refused_on_the_page(small_phantom, monkeypatch):
     at.segmented_control(key="rd_section").set_value("Read").run()
     at.text_input(key="rd_reader").input("x" * 80).run()
     assert [e.value for e in at.error] and at.error[0].value.startswith("reader: 80 characters") and not at.image
+
+
+def test_quality_page_shows_the_reader_studies(small_phantom, monkeypatch):
+    sets = workspace_sets()
+    study = rs.create_study(small_phantom.root, [d.root for d in sets], CLASSES, n_synthetic_per_source=2, seed=2)
+    key = rs.key_table(study).set_index("token")
+    for t in study.tokens:
+        rs.record_answer(study, "Quality reader", t, key.loc[t, "truth"])
+    at = open_page("quality", small_phantom.root, monkeypatch)
+    at.selectbox(key="q_reader_study").set_value(study.id).run()
+    assert not at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**Quality reader** beat chance: 8 of 8 right (100%" in text
+    assert at.dataframe[-1].value["accuracy [95% CI]"].tolist()[0].startswith("100% [")
+    leaked = [h for h in secrets_of(study) if h in page_text(at)]
+    assert not leaked, leaked
