@@ -11,6 +11,10 @@ Folder ``<workspace>/reader-studies/<study id>/`` (built beside it and renamed i
     key.json             token -> truth, class, generator, original image id and path. Read only to score.
     readers/<name>.jsonl one JSON line per answer, appended and fsynced (last answer per image wins)
 
+Design: by default every generator's images are paired with as many real images of the same classes
+(its "arm"), so the study is half real, half synthetic overall and within each generator's arm; then
+chance is 50% for any answering habit (always "real" scores 50% too), and the class mix is no tell.
+
 Blinding: file names, ids and sources never reach the reader; images are re-encoded at one size
 (the smallest among the chosen images, so a generator's lower resolution is no tell), real images
 come from the real dataset's TEST split by default (they were never shown to a generator, and a
@@ -22,9 +26,9 @@ Scoring (:func:`score_answers`, pure): per reader and per reader x generator, ac
 95% Wilson interval and an exact two-sided binomial test against 50%, sensitivity (synthetic
 called synthetic) and specificity (real called real) with Wilson intervals, balanced accuracy,
 class agreement on synthetic images (the class the reader saw == the class the generator was
-asked for), mean confidence and median seconds per image. Chance is 50% only when the images
-answered are half real, half synthetic, which the default design (``n_real`` = all synthetic
-images) gives; an unbalanced row says so in its verdict.
+asked for), mean confidence and median seconds per image. A generator's row scores its images with
+its real partners (its arm). Chance is 50% only when the images answered are half real, half
+synthetic, which the default design gives; an unbalanced row says so in its verdict.
 
 Wilson rather than Wald (which under-covers at n ~ 40, worst near 0 or 1) or Clopper-Pearson
 (which over-covers: 96-99% at n = 40, wider than it needs to be); tests/test_reader_study.py
@@ -200,8 +204,10 @@ def create_study(real_data, synthetic_sources: Sequence, classes: Sequence[str] 
     ``real_split`` ("test" by default; "all" for every split) are the real images.
     ``synthetic_sources``: synthetic dataset folders; every generator (manifest source) in them gives
     ``n_synthetic_per_source`` images. ``classes``: the classes to show (default: every class the
-    synthetic sets hold); images are spread evenly over them. ``n_real`` defaults to the number of
-    synthetic images, so the study is half real and chance is 50%. ``size``: the side every image is
+    synthetic sets hold); each generator's images are spread evenly over them. ``n_real=None`` (default)
+    pairs each generator's images with as many real images of the same classes (matched arms, see the
+    module docstring); a number draws that many real images spread evenly over the classes instead
+    (then a generator's rows are scored against every real image, and their chance is not 50%). ``size``: the side every image is
     shown at (default: the smallest side among the chosen images)."""
     from PIL import Image
 
@@ -252,11 +258,16 @@ def create_study(real_data, synthetic_sources: Sequence, classes: Sequence[str] 
             raise ReaderStudyError(f"synthetic_sources: generator {names.get(source, source)} holds none of the "
                                    f"classes {', '.join(classes)}; drop the set or add one of its classes.")
         chosen.append(_draw(part, n_syn, classes, rng, "n_synthetic_per_source",
-                            f"generator {names.get(source, source)}").assign(_truth="synthetic", _generator=source))
+                            f"generator {names.get(source, source)}").assign(_truth="synthetic", _generator=source,
+                                                                             _arm=source))
     n_synthetic = sum(len(c) for c in chosen)
-    n_real = n_synthetic if n_real is None else _check_count("n_real", n_real, 1, MAX_ITEMS)
-    chosen.append(_draw(real_pool, n_real, classes, rng, "n_real",
-                        f"the {real_split} split of {real.root}").assign(_truth="real", _generator="real"))
+    if n_real is None:      # matched arms: each generator's images get as many real ones, of the same classes
+        chosen += _matched_real(real_pool, chosen, rng, f"the {real_split} split of {real.root}", names)
+        n_real = n_synthetic
+    else:
+        n_real = _check_count("n_real", n_real, 1, MAX_ITEMS)
+        chosen.append(_draw(real_pool, n_real, classes, rng, "n_real", f"the {real_split} split of {real.root}")
+                      .assign(_truth="real", _generator="real", _arm=""))
     items = pd.concat(chosen, ignore_index=True)
     if len(items) > MAX_ITEMS:
         raise ReaderStudyError(f"n_real + n_synthetic_per_source x generators = {len(items)} images; a study holds at "
@@ -283,7 +294,8 @@ def create_study(real_data, synthetic_sources: Sequence, classes: Sequence[str] 
             key.append({"token": token, "truth": row["_truth"], "class": row["label"], "generator": row["_generator"],
                         "generator_name": "real" if row["_truth"] == "real" else names.get(row["_generator"],
                                                                                             row["_generator"]),
-                        "image_id": row["image_id"], "dataset": row["_dataset"], "path": str(path)})
+                        "arm": row["_arm"], "image_id": row["image_id"], "dataset": row["_dataset"],
+                        "path": str(path)})
         config = {"real_data": str(real.root), "real_dataset": real.id, "real_split": real_split,
                   "synthetic_sources": [str(d.root) for d in synthetic], "classes": classes, "n_real": n_real,
                   "n_synthetic_per_source": n_syn, "seed": seed, "size": side}
@@ -320,6 +332,30 @@ def _draw(pool: pd.DataFrame, n: int, classes: list[str], rng, field: str, where
             rows = pool[pool["label"] == c]
             parts.append(rows.iloc[np.sort(rng.choice(len(rows), size=k, replace=False))])
     return pd.concat(parts)
+
+
+def _matched_real(pool: pd.DataFrame, synthetic: list[pd.DataFrame], rng, where: str,
+                  names: dict[str, str]) -> list[pd.DataFrame]:
+    """For each generator's drawn images, as many real images of the same classes (no image twice), marked
+    with that generator as their arm: per generator, its images against its real partners are half and half
+    with the same class mix, so chance is 50% there too and the class is no tell."""
+    left = pool.copy()
+    out = []
+    for syn in synthetic:
+        source = syn["_generator"].iloc[0]
+        parts = []
+        for c, k in syn["label"].value_counts(sort=False).items():
+            rows = left[left["label"] == c]
+            if len(rows) < k:
+                raise ReaderStudyError(
+                    f"n_synthetic_per_source: pairing generator {names.get(source, source)}'s {k} {c!r} image(s) "
+                    f"with real ones of the same class needs {k} more real {c!r} image(s), but {where} has "
+                    f"{len(rows)} left; lower n_synthetic_per_source, set real_split to 'all', or give n_real.")
+            pick = rows.iloc[np.sort(rng.choice(len(rows), size=int(k), replace=False))]
+            left = left.drop(index=pick.index)
+            parts.append(pick)
+        out.append(pd.concat(parts).assign(_truth="real", _generator="real", _arm=source))
+    return out
 
 
 def _write_blinded(pixels: np.ndarray, side: int, path: Path, Image) -> None:
@@ -559,7 +595,8 @@ READER_COLUMNS = ("reader", "n", "correct", "accuracy", "accuracy_lo", "accuracy
 @dataclass
 class Scores:
     readers: pd.DataFrame       # one row per reader (+ the pooled row with two readers or more)
-    generators: pd.DataFrame    # one row per reader (and pooled) x generator: its images + the real images
+    generators: pd.DataFrame    # one row per reader (and pooled) x generator: its images + its real partners
+                                # (the real images drawn for it; every real image in a study with n_real given)
     answers: pd.DataFrame       # the answers joined with the key (unblinded: for MLflow, never the reading page)
 
 
@@ -580,10 +617,12 @@ def score_answers(answers: pd.DataFrame, key: pd.DataFrame) -> Scores:
         groups.append((POOLED, joined))
     reader_rows = [{"reader": r, **_stats(rows)} for r, rows in groups]
     gen_rows = []
+    matched = "arm" in joined and (joined.loc[joined["truth"] == "real", "arm"].fillna("") != "").all()
     for r, rows in groups:
         real = rows[rows["truth"] == "real"]
         for g in dict.fromkeys(key.loc[key["truth"] == "synthetic", "generator"]):
-            part = pd.concat([rows[rows["generator"] == g], real])
+            partners = real[real["arm"] == g] if matched else real     # matched arms, else every real image
+            part = pd.concat([rows[rows["generator"] == g], partners])
             gen_rows.append({"reader": r, "generator": g, "generator_name": names.get(g, g), **_stats(part)})
     readers_df = pd.DataFrame(reader_rows, columns=list(READER_COLUMNS))
     gens_df = pd.DataFrame(gen_rows, columns=["reader", "generator", "generator_name", *READER_COLUMNS[1:]])

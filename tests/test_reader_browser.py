@@ -101,7 +101,7 @@ if __name__ == "__main__":   # the docs screenshots: a 128 px phantom, three rea
     from core.workspace import workspace_dir
     from tests.reader_helpers import fake_gan_set
 
-    real = build_phantom_dataset(workspace_dir("datasets") / "phantom-300", n=300, size=128, seed=4, workers=1)
+    real = build_phantom_dataset(workspace_dir("datasets") / "phantom-600", n=600, size=128, seed=4, workers=1)
     sets = [fake_gan_set(workspace_dir("datasets") / "dcgan-conditional", "aaaa1111bbbb2222", CLASSES, 12, "dcgan",
                          size=128, seed=1),
             fake_gan_set(workspace_dir("datasets") / "wgan-gp-osteophytes", "cccc3333dddd4444", ["Osteophytes"], 12,

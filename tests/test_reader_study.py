@@ -131,7 +131,13 @@ def test_scores_against_a_known_key():
     assert g.loc[("Ann", "gan:g1"), "class_agreement"] == 2 / 3
     assert g.loc[("Ann", "gan:g2"), "class_agreement"] == 1 / 2
     assert g.loc[(rs.POOLED, "gan:g2"), "n"] == 3 * 9
-    # an unbalanced row says chance is not 50% (3 synthetic, 6 real)
+    # matched arms (r0-r2 paired with g1, r3-r5 with g2): a generator's row counts only its partners
+    arms = known_key().assign(arm=["gan:g1"] * 3 + ["gan:g2"] * 3 + ["gan:g1"] * 3 + ["gan:g2"] * 3)
+    m = rs.score_answers(known_answers(), arms).generators.set_index(["reader", "generator"])
+    assert (m.loc[("Ann", "gan:g1"), "n"], m.loc[("Ann", "gan:g1"), "correct"]) == (6, 3 + 3)
+    assert (m.loc[("Ann", "gan:g2"), "n"], m.loc[("Ann", "gan:g2"), "correct"]) == (6, 1 + 2)
+    assert m.loc[("Bob", "gan:g1"), "accuracy"] == 0.5 and "chance is not 50%" not in m.loc[("Ann", "gan:g1"), "verdict"]
+    # without arms, every real image counts for every generator: unbalanced, and the verdict says chance is not 50%
     assert "chance is not 50%" in g.loc[("Ann", "gan:g1"), "verdict"]
     assert "chance is not 50%" not in ann["verdict"]
 
@@ -167,6 +173,12 @@ def test_create_study_draws_balanced_blinded_images(small_phantom, sets, tmp_pat
     # the wgan-gp set holds only Osteophytes; the dcgan's 6 are spread 3 + 3 over the two classes
     dc = key[key["generator"] == "gan:aaaa1111bbbb2222"]
     assert dc["class"].value_counts().to_dict() == {"No finding": 3, "Osteophytes": 3}
+    # matched arms: each generator's images have as many real partners, of the same classes
+    real = key[key["truth"] == "real"]
+    for g, syn in key[key["truth"] == "synthetic"].groupby("generator"):
+        partners = real[real["arm"] == g]
+        assert partners["class"].value_counts().to_dict() == syn["class"].value_counts().to_dict()
+    assert real["image_id"].is_unique and set(real["arm"]) == set(dc["generator"]) | {"gan:cccc3333dddd4444"}
     # real images come from the real dataset's test split only
     m = small_phantom.manifest.set_index("image_id")
     assert set(m.loc[key.loc[key["truth"] == "real", "image_id"], "split"]) == {"test"}
@@ -205,6 +217,8 @@ def test_bad_inputs_name_the_field_and_what_to_do(small_phantom, sets, tmp_path)
         (dict(n_synthetic_per_source=50), "n_synthetic_per_source=50: ", "has only 12 images"),
         (dict(n_synthetic_per_source=2.5), "n_synthetic_per_source=2.5: ", "whole number"),
         (dict(real_split="holdout"), "real_split='holdout': ", "choose one of"),
+        (dict(classes=["Osteophytes"], n_synthetic_per_source=6), "n_synthetic_per_source: pairing generator ",
+         "needs 6 more real 'Osteophytes' image(s), but the test split of"),
     ]
     for change, start, words in cases:
         args = dict(real_data=small_phantom.root, synthetic_sources=syn, classes=CLASSES, n_synthetic_per_source=4,
