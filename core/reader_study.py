@@ -46,7 +46,7 @@ import re
 import secrets
 import shutil
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -207,7 +207,8 @@ def create_study(real_data, synthetic_sources: Sequence, classes: Sequence[str] 
     synthetic sets hold); each generator's images are spread evenly over them. ``n_real=None`` (default)
     pairs each generator's images with as many real images of the same classes (matched arms, see the
     module docstring); a number draws that many real images spread evenly over the classes instead
-    (then a generator's rows are scored against every real image, and their chance is not 50%). ``size``: the side every image is
+    (then a generator's rows are scored against every real image, and their chance is not 50%).
+    ``size``: the side every image is
     shown at (default: the smallest side among the chosen images)."""
     from PIL import Image
 
@@ -562,7 +563,8 @@ def _stats(rows: pd.DataFrame) -> dict:
            "specificity_lo": spec["lo"], "specificity_hi": spec["hi"],
            "balanced_accuracy": (sens["value"] + spec["value"]) / 2 if sens["n"] and spec["n"] else float("nan"),
            "n_class": agree["n"], "class_agreement": agree["value"], "class_agreement_lo": agree["lo"],
-           "class_agreement_hi": agree["hi"], "mean_confidence": float(conf.mean()) if conf.notna().any() else float("nan"),
+           "class_agreement_hi": agree["hi"],
+           "mean_confidence": float(conf.mean()) if conf.notna().any() else float("nan"),
            "median_seconds": float(secs.median()) if secs.notna().any() else float("nan")}
     out["verdict"] = verdict(out)
     return out
@@ -602,7 +604,8 @@ class Scores:
 
 def score_answers(answers: pd.DataFrame, key: pd.DataFrame) -> Scores:
     """Score answers (:data:`ANSWER_COLUMNS`; one per reader and token) against a key (:func:`key_table`)."""
-    missing = {"reader", "token", "answer"} - set(answers.columns) | {"token", "truth", "class", "generator"} - set(key.columns)
+    missing = ({"reader", "token", "answer"} - set(answers.columns)) | ({"token", "truth", "class", "generator"}
+                                                                       - set(key.columns))
     if missing:
         raise ReaderStudyError(f"answers/key: missing column(s) {', '.join(sorted(missing))}.")
     answers = answers.drop_duplicates(["reader", "token"], keep="last")
@@ -677,14 +680,15 @@ def log_study(study) -> str:
             who = "pooled" if row["reader"] == POOLED else _metric_name(row["reader"])
             metrics |= {f"reader/{who}/{m}": row[m] for m in ("accuracy", "sensitivity", "specificity",
                                                                 "class_agreement", "p_value", "n")}
-        for row in scores.generators[scores.generators["reader"] == (POOLED if len(scores.readers) > 1 else
-                                                                      scores.readers["reader"].iloc[0])].to_dict("records"):
+        overall = POOLED if len(scores.readers) > 1 else scores.readers["reader"].iloc[0]
+        for row in scores.generators[scores.generators["reader"] == overall].to_dict("records"):
             g = _metric_name(row["generator"])
             metrics |= {f"generator/{g}/{m}": row[m] for m in ("accuracy", "sensitivity", "class_agreement")}
         run.log_metrics({k: v for k, v in metrics.items() if v == v}, step=0)
         folder = study.root / "results"      # kept beside the study: a run whose store fails uploads them later
         folder.mkdir(exist_ok=True)
-        for name, table in (("readers", scores.readers), ("generators", scores.generators), ("answers", scores.answers)):
+        tables = {"readers": scores.readers, "generators": scores.generators, "answers": scores.answers}
+        for name, table in tables.items():
             with atomic_path(folder / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
             run.log_artifact(folder / f"{name}.csv", "reader-study")

@@ -210,7 +210,8 @@ def reader_studies() -> None:
     from core.charts import reader_study_figure
 
     st.subheader("Reader studies: can people tell them apart?")
-    st.page_link("pages/reader.py", label="Set up a study or read on the Reader study page", icon=":material/visibility:")
+    st.page_link("pages/reader.py", label="Set up a study or read on the Reader study page",
+                 icon=":material/visibility:")
     studies = [s for s in rs.list_studies() if not rs.answers_table(s).empty]
     if not studies:
         st.caption("No reader study with answers yet.")

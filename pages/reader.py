@@ -40,14 +40,14 @@ def pick_study(where=st) -> rs.ReaderStudy | None:
 # --- set up -------------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, ttl=10)
-def dataset_folders() -> tuple[list[str], list[dict]]:
-    """Real dataset folders (the active one first) and synthetic sets in the workspace."""
+def dataset_folders(active: str) -> tuple[list[str], list[dict]]:
+    """Real dataset folders (``active`` first) and synthetic sets in the workspace."""
     import json
 
     from core.quality.report import synthetic_sets
     from core.workspace import workspace_dir
 
-    real = [str(ds.root)]
+    real = [active]
     for meta in sorted(workspace_dir("datasets").glob("*/dataset.json")):
         try:
             kind = json.loads(meta.read_text()).get("kind")
@@ -59,7 +59,7 @@ def dataset_folders() -> tuple[list[str], list[dict]]:
 
 
 def setup_form() -> None:
-    real, sets = dataset_folders()
+    real, sets = dataset_folders(str(ds.root))
     if not sets:
         st.info("No synthetic set in the workspace yet: generate one on the GAN page (or `python -m core generate`).")
         return
@@ -75,8 +75,10 @@ def setup_form() -> None:
                              help="Real and synthetic images are spread evenly over these classes.")
     c1, c2, c3, c4 = st.columns(4)
     per_source = c1.number_input("Images per generator", 1, 1000, 20, key="rd_n_syn")
-    n_real = c2.number_input("Real images (0: as many as synthetic)", 0, 5000, 0, key="rd_n_real",
-                             help="As many real as synthetic images keeps chance at 50%.")
+    n_real = c2.number_input("Real images (0: matched)", 0, 5000, 0, key="rd_n_real",
+                             help="0 (recommended): each generator's images are paired with as many real images of "
+                                  "the same classes, so chance is 50% overall and per generator. A number draws that "
+                                  "many real images spread over the classes instead.")
     split = c3.selectbox("Real images' split", rs.SPLITS, key="rd_split",
                          help="test (default): images no generator was trained on and no reader has seen in training.")
     seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="rd_seed")
@@ -164,7 +166,8 @@ def reading(study: rs.ReaderStudy, name_slot) -> None:
         st.button("Back", key="rd_back_btn", icon=":material/undo:", shortcut="Backspace", disabled=position == 0,
                   on_click=go_back, args=(position,))
         st.caption("Keyboard: **←** real · **→** synthetic · **1–5** confidence (before the answer) · "
-                   "**Backspace** previous image.")
+                   "**Backspace** previous image. Keys do nothing while a text or class box has the focus: "
+                   "click the image to leave it.")
 
 
 # --- results ------------------------------------------------------------------------------------------

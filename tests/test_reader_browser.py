@@ -117,7 +117,8 @@ if __name__ == "__main__":   # the docs screenshots: a 128 px phantom, three rea
             rs.record_answer(study, reader, t, said, key.loc[t, "class"] if rng.random() < 0.7 else None,
                              int(rng.integers(2, 6)), seconds=float(rng.uniform(1.2, 3.5)))
     out.mkdir(parents=True, exist_ok=True)
-    env = {"MEDAUG_DATASET": str(real.root), "MEDAUG_HOME": str(home), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    env = {"MEDAUG_DATASET": str(real.root), "MEDAUG_HOME": str(home),
+           "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     with serve_app(env) as (url, _), chromium_page(width=1280, height=900) as page:
         print(f"{read_with_the_keyboard(page, url, study, 'Ann', 5, shots=out):.2f} s per image")
         page.get_by_text("Results", exact=True).click()

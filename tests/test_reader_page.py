@@ -1,22 +1,14 @@
-"""The Reader study page: set up a study from the workspace's sets, read with the buttons (blinded:
-nothing on the page names an image), resume in a new session, results and the MLflow run; then in
-headless Chromium, the served HTML holds no image id, token or path, the keyboard answers, and a
-reload continues where the reader stopped."""
+"""The Reader study page (AppTest): set up a study from the workspace's sets, read with the buttons
+(blinded: nothing on the page names an image), change an answer, resume in a new session, a second
+reader, results and the MLflow run; the Quality page's reader-study section. The same page in
+headless Chromium is tests/test_reader_browser.py."""
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
-
-import pytest
 
 from core import reader_study as rs
 from tests.page_helpers import open_page
 from tests.reader_helpers import CLASSES, fake_gan_set
-
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 
 
 def workspace_sets():
