@@ -344,7 +344,7 @@ def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled:
 
     gens = generators[generators["reader"] == pooled] if (generators["reader"] == pooled).any() else generators
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.3,
-                        subplot_titles=("Per reader", "Per generator (its images + the real ones)"))
+                        subplot_titles=("Per reader", "Per generator (its images + its real partners)"))
     for col, table, names in ((1, readers, readers["reader"]), (2, gens, gens["generator_name"])):
         names = [str(n) for n in names][::-1]
         t = table.iloc[::-1]

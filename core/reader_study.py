@@ -30,6 +30,10 @@ asked for), mean confidence and median seconds per image. A generator's row scor
 its real partners (its arm). Chance is 50% only when the images answered are half real, half
 synthetic, which the default design gives; an unbalanced row says so in its verdict.
 
+The pooled row ("All readers") counts every reader's answers as independent, which ignores that
+readers differ: its interval is too narrow when they disagree. Read it as a summary and the
+per-reader rows as the evidence.
+
 Wilson rather than Wald (which under-covers at n ~ 40, worst near 0 or 1) or Clopper-Pearson
 (which over-covers: 96-99% at n = 40, wider than it needs to be); tests/test_reader_study.py
 checks the interval and the p-value against scipy and the interval's coverage by simulation.

@@ -129,6 +129,8 @@ def build_report(run_ids: Iterable[str], *, title: str | None = None, include_ch
     progress(0, n + 3, "reading metrics")
     history = R.histories(table["run_id"])
     curves = R.curves(table)
+    if not curves.empty:   # a reader study logs one value per metric: its tables say it all, a curve says nothing
+        curves = curves[~curves["run_id"].isin(table.loc[table["kind"] == "reader-study", "run_id"])]
     summary = R.metrics_summary(table, history)
     parents = set(table["parent_run_id"]) & set(table["run_id"])
     if title is None:
@@ -267,13 +269,14 @@ def _reader_study_section(run_id: str, label: str) -> list[str]:
     readers, generators = tables["readers"], tables["generators"]
     items = "".join(f"<li><b>{_e(r)}</b> {_e(v)}</li>" for r, v in zip(readers["reader"], readers["verdict"]))
     out = [f"<h2>Reader study: real or synthetic? ({_e(label)})</h2>", f'<ul class="verdict">{items}</ul>']
-    for title, t in (("Per reader", readers), ("Per generator (its images and the real images)", generators)):
+    for title, t in (("Per reader", readers), ("Per generator (its images and its real partners)", generators)):
         shown = display_table(t)
         out += [f"<h3>{title}</h3>", _table(list(shown.columns), shown.values.tolist())]
     out.append('<p class="note">Accuracy: real and synthetic images told apart; chance is 50% for a study that is '
                "half real. 95% Wilson intervals; p: exact two-sided binomial test against 50%. Sensitivity: synthetic "
                "images called synthetic; specificity: real images called real; class agreement: the class the reader "
-               "saw on a synthetic image equals the class its generator was asked for. The key of which image was "
+               "saw on a synthetic image equals the class its generator was asked for. A generator's real partners are "
+               "real images of the same classes drawn for it. The key of which image was "
                "which is the run's artifact reader-study/key.json.</p>")
     return out
 

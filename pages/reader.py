@@ -187,7 +187,7 @@ def results(study: rs.ReaderStudy) -> None:
     st.plotly_chart(reader_study_figure(scores.readers, scores.generators), key="rd_chart")
     st.markdown("**Per reader**")
     st.dataframe(rs.display_table(scores.readers), hide_index=True, key="rd_readers_table")
-    st.markdown("**Per generator** (its images and the real images)")
+    st.markdown("**Per generator** (its images and its real partners: real images of the same classes)")
     st.dataframe(rs.display_table(scores.generators), hide_index=True, key="rd_generators_table")
     st.caption("95% Wilson intervals; p: exact two-sided binomial test against 50%. Sensitivity: synthetic images "
                "called synthetic; specificity: real images called real; class agreement: on synthetic images, the "

@@ -331,6 +331,7 @@ def test_log_study_cli_and_report(small_phantom, sets, tmp_path, capsys):
     assert "<b>Bob</b> did not beat chance: 8 of 16 right (50%" in html
     lo, hi = rs.wilson_interval(16, 16)
     assert f"100% [{lo:.0%}, {hi:.0%}]" in html and "dcgan conditional · gan:aaaa1111" in html
+    assert 'class="chart"' not in html     # one value per metric: the tables, not one-point curves
 
     assert main(["reader-study", "create", "--real", str(tmp_path / "none"), "--synthetic", str(sets[0].root)]) == 2
     failed = json.loads(capsys.readouterr().out.splitlines()[-1])
