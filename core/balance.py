@@ -67,18 +67,18 @@ def generate_plan(plan: pd.DataFrame, checkpoints: dict[str, str], out, seed: in
                   on_progress=None):
     """Generate every class's synthetic images of ``plan`` into one synthetic set at ``out``."""
     from core.device import resolve_device
-    from core.gan.sample import write_synthetic_set
-    from core.gan.train import load_checkpoint
+    from core.generators import checkpoint_family
+    from core.synthetic import write_synthetic_set
 
     todo = plan[plan["synthetic"] > 0]
     missing = [c for c in todo["class"] if c not in checkpoints and "*" not in checkpoints]
     if missing:
-        raise ValueError(f"no GAN checkpoint for {missing}; train one per class or give a conditional "
+        raise ValueError(f"no generator checkpoint for {missing}; train one per class or give a conditional "
                          f"model as --checkpoint '*=PATH'.")
     if len(todo):   # every checkpoint readable and the device here, before the first image is written
         resolve_device(device)
         for path in sorted({checkpoints[c] if c in checkpoints else checkpoints["*"] for c in todo["class"]}):
-            load_checkpoint(path)
+            checkpoint_family(path)   # a GAN or a diffusion checkpoint (a clear error otherwise)
     ds = None
     for i, row in enumerate(todo.itertuples()):
         own = row[1] in checkpoints

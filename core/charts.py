@@ -339,7 +339,6 @@ def confusion_matrix_figure(matrix, classes: list[str], title: str = "Confusion 
 def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled: str = "All readers (pooled)"):
     """Reader study: accuracy with its 95% CI per reader (left) and per generator (right: all readers
     pooled, or the one reader), against the 50% a coin flip scores."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     gens = generators[generators["reader"] == pooled] if (generators["reader"] == pooled).any() else generators

@@ -338,7 +338,8 @@ def test_generate_writes_a_valid_synthetic_dataset_with_dicom(tmp_path):
     from PIL import Image
 
     from core.data.datasets import load_dataset, verify_dataset
-    from core.gan.sample import generate_images, write_synthetic_set
+    from core.generators import generate_images
+    from core.synthetic import write_synthetic_set
 
     run_id = "0123456789abcdef"
     per_class = train_gan(blobs(), None, tiny(class_name="Vertebral collapse"), tmp_path / "pc",
@@ -470,7 +471,7 @@ import numpy as np, torch
 torch.set_num_threads(1)
 import core.gan, core.gan.models, core.gan.variants, core.gan.diffaug, core.gan.train, core.gan.sample, core.gan.commands
 from core.gan.train import GanConfig, train_gan
-from core.gan.sample import generate_images
+from core.generators import generate_images
 cfg = GanConfig(resolution=32, batch=4, width=4, nz=8, max_steps=2, steps_per_epoch=1, device="cpu",
                 class_name="x", grid_size=4)
 r = train_gan((np.random.rand(8, 32, 32) * 255).astype(np.uint8), None, cfg, {str(tmp_path)!r})

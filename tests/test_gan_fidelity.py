@@ -56,7 +56,7 @@ def test_best_checkpoint_is_the_lowest_kid_and_a_plateau_stops(tmp_path):
     assert last["step"] == 14 and last["fidelity"]["checks"] == 7 and last["fidelity"]["best_step"] == 8
     assert result.fidelity["curve"] == [[2 * (i + 1), k] for i, k in enumerate(kids[:7])]
     # best.pt is a checkpoint like any other: generate() samples it
-    from core.gan.sample import generate_images, generator_checkpoint
+    from core.generators import generate_images, generator_checkpoint
     assert generator_checkpoint(tmp_path) == tmp_path / BEST_FILE
     assert generator_checkpoint(tmp_path / CHECKPOINT_FILE) == tmp_path / BEST_FILE
     assert generate_images(tmp_path / BEST_FILE, 2, "b").step == 8

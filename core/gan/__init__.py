@@ -5,7 +5,7 @@
 - :mod:`core.gan.variants` the variants table: one loss function and one entry per variant.
 - :mod:`core.gan.diffaug`  DiffAugment (translation + cutout) for datasets of tens of images.
 - :mod:`core.gan.train`    ``GanConfig`` and ``train_gan``: the one loop, checkpoints, resume.
-- :mod:`core.gan.sample`   checkpoint -> images -> a synthetic dataset folder (+ DICOM).
+- :mod:`core.gan.sample`   checkpoint -> G -> images (core.generators and core.synthetic take it from there).
 - :mod:`core.gan.commands` ``python -m core train-gan`` and ``python -m core generate``.
 
 Training and sampling need only torch, torchvision, numpy and pillow; MLflow is reached

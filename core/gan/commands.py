@@ -238,21 +238,22 @@ def measure_best(run, ref, result, conditional: bool, out: Path) -> dict:
 
 
 def cmd_generate(args) -> dict:
-    from core.gan.sample import generator_checkpoint, write_synthetic_set
+    from core.generators import generator_checkpoint
+    from core.synthetic import write_synthetic_set
 
     t0 = time.perf_counter()
     checkpoint = generator_checkpoint(args.checkpoint)   # a run's best.pt when it has one
     if str(checkpoint) != str(args.checkpoint):
         log(f"Using {checkpoint} (the lowest-KID checkpoint of that run).")
     ds = write_synthetic_set(checkpoint, args.n, args.out, args.class_name, args.seed, dicom=args.dicom,
-                             append=args.append, overwrite=args.force, device=args.device,
-                             on_progress=progress_printer(0.25))
+                             append=args.append, overwrite=args.force, device=args.device, steps=args.steps,
+                             guidance=args.guidance, on_progress=progress_printer(0.25))
     seconds = round(time.perf_counter() - t0, 2)
     record = ds.meta["generator"][-1]
-    log(f"Wrote {args.n} synthetic images ({record['class'] or 'all classes'}) from run {record['run_id']} "
+    log(f"Wrote {args.n} synthetic images ({record['class'] or 'all classes'}) from {record['family']} run {record['run_id']} "
         f"to {ds.root} in {seconds} s; the set now holds {len(ds.manifest)} images.")
     return {"out": str(ds.root), "images": args.n, "total_images": len(ds.manifest), "classes": ds.class_counts(),
-            "run_id": record["run_id"], "seed": args.seed, "source": f"gan:{record['run_id']}",
+            "run_id": record["run_id"], "seed": args.seed, "source": f"{record['family']}:{record['run_id']}",
             "dicom": args.dicom, "content_hash": ds.content_hash, "seconds": seconds, "checkpoint": str(checkpoint)}
 
 
@@ -301,9 +302,10 @@ def register(sub) -> None:
     s.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt if present")
     s.set_defaults(func=cmd_train_gan)
 
-    s = sub.add_parser("generate", help="generate a synthetic dataset folder from a GAN checkpoint")
+    s = sub.add_parser("generate", help="generate a synthetic dataset folder from a GAN or diffusion checkpoint")
     s.add_argument("--checkpoint", required=True,
-                   help="train-gan folder or its checkpoint.pt (its best.pt is used when present), or a .pt file")
+                   help="train-gan or train-diffusion folder or its checkpoint.pt (its best.pt is used when "
+                        "present), or a .pt file")
     s.add_argument("--n", type=int, required=True, help="number of images")
     s.add_argument("--class", dest="class_name", default=None,
                    help="class to generate (conditional models; default: spread over all classes)")
@@ -313,4 +315,8 @@ def register(sub) -> None:
     s.add_argument("--append", action="store_true", help="add to an existing synthetic set at OUT")
     s.add_argument("--force", action="store_true", help="replace OUT if it exists")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    s.add_argument("--steps", type=int, default=None,
+                   help="diffusion: DDIM sampling steps (default: the model's sample_steps); ignored for a GAN")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="diffusion: classifier-free guidance scale (default: the model's; 1 = none); ignored for a GAN")
     s.set_defaults(func=cmd_generate)

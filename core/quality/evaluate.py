@@ -98,10 +98,10 @@ def _describe(info: dict) -> str:
 
 
 def checkpoint_file(path: Path) -> Path | None:
-    """A .pt file, or a train-gan folder's; a run's best.pt (lowest fidelity KID) wins over its
-    checkpoint.pt (:func:`core.gan.sample.generator_checkpoint`)."""
+    """A .pt file, or a train-gan / train-diffusion folder's; a run's best.pt (lowest fidelity KID) wins
+    over its checkpoint.pt (:func:`core.generators.generator_checkpoint`)."""
     if (path.is_file() and path.suffix == ".pt") or (path.is_dir() and (path / "checkpoint.pt").is_file()):
-        from core.gan.sample import generator_checkpoint
+        from core.generators import generator_checkpoint
 
         return generator_checkpoint(path)
     return None
@@ -133,31 +133,27 @@ def load_source(spec: str, size: int | None, n_per_class: int, seed: int,
         return SyntheticSet(name, str(path.resolve()), every.images, every.labels, every.ids, info)
     ckpt = checkpoint_file(path)
     if ckpt is None:
-        raise ValueError(f"--synthetic {spec}: neither a dataset folder (no {META_FILE}) nor a GAN checkpoint "
-                         f"(checkpoint.pt).")
-    from core.gan.sample import generate_images
-    from core.gan.train import checkpoint_config, load_checkpoint
+        raise ValueError(f"--synthetic {spec}: neither a dataset folder (no {META_FILE}) nor a generator checkpoint "
+                         f"(checkpoint.pt of train-gan or train-diffusion).")
+    from core.generators import open_generator
 
-    state = load_checkpoint(ckpt)
-    cfg = checkpoint_config(state)
-    classes = list(cfg.classes) if cfg.conditional else [cfg.class_name] if cfg.class_name else []
+    gen = open_generator(ckpt)   # a GAN or a diffusion checkpoint
+    classes = list(gen.classes)
     if not classes:
         raise ValueError(f"{ckpt}: this model was trained on all classes without labels, so its images have no class; "
                          f"quality is measured per class (train with --class NAME or --conditional).")
     images, labels = [], []
     for i, c in enumerate(classes):
-        gen = generate_images(ckpt, n_per_class, c if cfg.conditional else None, seed=seed + i)
-        images.append(gen.images)
+        images.append(gen.sample(n_per_class, c if gen.conditional else None, seed=seed + i).images)
         labels += [c] * n_per_class
         if on_progress:
             on_progress(i + 1, len(classes), f"sampling {ckpt}")
-    meta = state.get("meta") or {}
-    info = {"kind": "checkpoint", "run_id": meta.get("run_id"), "variant": cfg.variant, "class": cfg.class_name,
-            "conditional": cfg.conditional, "step": int(state.get("step", 0)), "epoch": int(state.get("epoch", 0)),
-            "resolution": cfg.resolution}
+    info = {"kind": "checkpoint", "family": gen.family, "run_id": gen.meta.get("run_id"), "variant": gen.variant,
+            "class": gen.class_name, "conditional": gen.conditional, "step": gen.step, "epoch": gen.epoch,
+            "resolution": gen.resolution, **gen.options()}
     imgs = np.concatenate(images)
     name = _describe(info)
-    return SyntheticSet(name, str(ckpt.resolve()), resize_uint8(imgs, size or cfg.resolution), np.array(labels),
+    return SyntheticSet(name, str(ckpt.resolve()), resize_uint8(imgs, size or gen.resolution), np.array(labels),
                         [f"{name}-{i}" for i in range(len(imgs))], info)
 
 
@@ -173,9 +169,9 @@ def run_config(run_dir: Path) -> dict:
             pass
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
-        from core.gan.train import checkpoint_config, load_checkpoint
+        from core.generators import read_checkpoint
 
-        return checkpoint_config(load_checkpoint(ckpt)).to_dict()
+        return dict(read_checkpoint(ckpt)[0]["config"])
     raise ValueError(f"{run_dir}: no status.json or checkpoint.pt, so the grid layout is unknown; give a train-gan "
                      f"output folder.")
 

@@ -173,15 +173,15 @@ def final_quality(ref: RealReference, sample_class: Callable[[int, int | None], 
 
 
 def checkpoint_sampler(checkpoint: str | Path, device: str = "cpu", seed: int = 1) -> Callable:
-    """``sample_class(n, class_index)`` over a GAN checkpoint (through core.gan.sample.generate_images)."""
-    from core.gan.sample import generate_images
-    from core.gan.train import checkpoint_config, load_checkpoint
+    """``sample_class(n, class_index)`` over a generator checkpoint of either family (GAN or diffusion,
+    through :mod:`core.generators`; the checkpoint is read once)."""
+    from core.generators import open_generator
 
-    cfg = checkpoint_config(load_checkpoint(checkpoint))
+    gen = open_generator(checkpoint, device)
 
     def sample_class(n: int, i: int | None) -> np.ndarray:
-        name = cfg.classes[i] if (cfg.conditional and i is not None) else None
-        return generate_images(checkpoint, n, name, seed=seed + (i or 0) * 1009, device=device).images
+        name = gen.config.classes[i] if (gen.conditional and i is not None) else None
+        return gen.sample(n, name, seed=seed + (i or 0) * 1009).images
 
     return sample_class
 
