@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "core.balance",
     "core.augment.commands",
     "core.gan.commands",
+    "core.diffusion.commands",
     "core.classify.commands",
     "core.quality.commands",
     "core.study.commands",

@@ -156,7 +156,8 @@ def list_jobs() -> list[Job]:
 
 # commands whose jobs are validated before they are queued: command -> module with ``validate(fields)``,
 # the same checks the command itself runs on its --config before its first side effect
-VALIDATED = {"train-gan": "core.gan.commands", "train-classifier": "core.classify.commands",
+VALIDATED = {"train-gan": "core.gan.commands", "train-diffusion": "core.diffusion.commands",
+             "train-classifier": "core.classify.commands",
              "quality": "core.quality.commands", "study": "core.study.commands", "balance": "core.balance"}
 
 

@@ -156,10 +156,10 @@ def train_generator(trainer, out_dir: str | Path, *, on_step: StepCallback | Non
     metrics: dict[str, float] = {}
     last_ckpt = ckpt if ckpt.is_file() and resume else None
     start_step, t0 = trainer.step, time.perf_counter()
-    check_seconds = [0.0]   # time spent in fidelity checks: not training, so left out of img/s
+    aside = [0.0]   # seconds in fidelity checks, grids and checkpoints: not training, so left out of img/s
 
     def rate() -> float:
-        busy = time.perf_counter() - t0 - check_seconds[0]
+        busy = time.perf_counter() - t0 - aside[0]
         return (trainer.step - start_step) * config.batch / max(busy, 1e-9)
 
     def finish(state: str, message: str) -> TrainResult:
@@ -181,7 +181,7 @@ def train_generator(trainer, out_dir: str | Path, *, on_step: StepCallback | Non
                                     "fidelity": fid.to_dict()})
         else:
             fid.since_best += 1
-        check_seconds[0] += time.perf_counter() - t
+        aside[0] += time.perf_counter() - t
         if on_fidelity:
             on_fidelity(step, {**result, "best_kid": fid.best_kid, "best_step": fid.best_step, "improved": improved,
                                "checks": fid.checks, "seconds": round(time.perf_counter() - t, 3)})
@@ -215,11 +215,13 @@ def train_generator(trainer, out_dir: str | Path, *, on_step: StepCallback | Non
         if end_of_epoch:
             epoch = math.ceil(step / spe)
         if end_of_epoch and main:
+            t_aside = time.perf_counter()
             grid = trainer.sample_grid()
             grid_path = out / GRIDS_DIR / f"epoch_{epoch:04d}.png"
             save_png(grid, grid_path)
             checkpoints.save(ckpt, {**trainer.state_dict(epoch, meta, metrics), "fidelity": fid.to_dict()})
             last_ckpt = ckpt
+            aside[0] += time.perf_counter() - t_aside
             if on_epoch:
                 on_epoch(EpochReport(epoch, step, total, grid, grid_path, ckpt, metrics))
         if plateau:

@@ -101,7 +101,7 @@ def test_fidelity_settings_are_validated():
 
 
 def test_a_noise_blob_generator_is_marked_unusable_with_complete_quality(small_phantom, tmp_path):
-    from core.gan.commands import training_images
+    from core.generator_job import training_images
     from core.quality import fidelity
 
     images, labels, classes = training_images(small_phantom, 32, None, True)

@@ -236,7 +236,7 @@ def test_no_synthetic_row_reaches_real_consumers(small_phantom, tmp_path, monkey
     from core.data import manifest as mf
     from core.data.cache import pixel_cache
     from core.data.datasets import load_dataset
-    from core.gan.commands import training_images
+    from core.generator_job import training_images
     from core.quality import features
     from core.quality.evaluate import real_train
     from core.study.sets import load_splits

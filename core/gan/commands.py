@@ -43,25 +43,6 @@ from core.cli import job_fields, log, progress_printer
 JOB_KEYS = ("data", "out", "resume", "class")
 
 
-def training_images(ds, resolution: int, class_name: str | None, conditional: bool):
-    """(uint8 images (N, R, R), class indices or None, class names) from the TRAIN split's real,
-    readable rows (:func:`core.data.arrays.split_arrays`: a GAN learns from real images only).
-
-    Per-class: the images of ``class_name``. Conditional: every class with training images."""
-    from core.data.arrays import split_arrays
-
-    train = split_arrays(ds, resolution, "train", classes=[class_name] if class_name is not None else None,
-                         on_progress=progress_printer(0.25))
-    if len(train) == 0:
-        what = f"class {class_name!r}" if class_name else "any class"
-        raise ValueError(f"{ds.root}: no readable training images of {what}; check the split and labels "
-                         f"(`python -m core dataset --data {ds.root}`).")
-    if not conditional:
-        return train.images, None, ()
-    classes = tuple(c for c in ds.classes if c in set(train.labels))
-    return train.images, train.class_indices(classes), classes
-
-
 def validate(fields: dict):
     """(job keys, GanConfig fields, dataset) of a train-gan job, once every check that needs no pixels
     has passed: values, device, data folder, class. The command runs it first; :func:`core.jobs.submit`
@@ -99,6 +80,7 @@ def cmd_train_gan(args) -> dict:
     from core import distributed
     from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
                                 train_gan, training_fingerprint)
+    from core.generator_job import fidelity_callbacks, measure_best, progress_callbacks, training_images
     from core.tracked import tracked_job
 
     # 1. validate everything (values, device, data, class, checkpoint, store) before any side effect
@@ -128,7 +110,6 @@ def cmd_train_gan(args) -> dict:
 
     # 2. the job: folder, lock, status file, SIGTERM, MLflow run (core.tracked)
     what = job["class"] or ("conditional: " + ", ".join(classes) if conditional else "all classes")
-    next_log = [0.0]
     with tracked_job("train-gan", out, lambda s: f"at step {s['step']}; continue with --resume --out {out}",
                      message="loading", step=0, total_steps=total, epoch=0, epochs=math.ceil(total / spe),
                      steps_per_epoch=spe, eta_s=None, img_per_s=None, losses={}, checkpoint=None, grid=None,
@@ -145,52 +126,14 @@ def cmd_train_gan(args) -> dict:
         who = job["class"] or ("conditional" if conditional else "all")
         with tj.run(resume_from, "train-gan", params, dataset=ds, tags=tags,
                     run_name=f"{config.variant} {who} {config.resolution}px") as run:
-            t_train = time.monotonic()
-
-            def on_step(step: int, metrics: dict) -> None:
-                run.log_metrics(metrics, step)
-                if step % spe == 0:   # the epoch's checkpoint comes next: the store must hold every step before
-                    run.flush()       # it, so a resume after kill -9 leaves no gap in the curves
-                rate = metrics.get("img_per_s") or 0.0
-                eta = (total - step) * config.batch / rate if rate > 0 else None
-                if config.max_seconds:   # a time budget may end the run first
-                    left = max(0.0, config.max_seconds - (time.monotonic() - t_train))
-                    eta = left if eta is None else min(eta, left)
-                status.update(step=step, epoch=math.ceil(step / spe), img_per_s=round(rate, 2),
-                              eta_s=None if eta is None else round(eta, 1),
-                              losses={k: round(v, 5) for k, v in metrics.items() if k != "img_per_s"})
-                if time.monotonic() >= next_log[0] or step >= total:
-                    loss_text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "img_per_s")
-                    log(f"  step {step:>6}/{total}  {loss_text}  {rate:.1f} img/s"
-                        + (f"  ETA {eta:.0f} s" if eta is not None else ""))
-                    next_log[0] = time.monotonic() + 10.0
-
-            def on_epoch(report) -> None:
-                run.log_artifact(report.grid_path, "grids")
-                run.log_metrics({"epoch": report.epoch}, report.step)
-                status.update(force=True, step=report.step, epoch=report.epoch, grid=str(report.grid_path),
-                              checkpoint=str(report.checkpoint))
+            on_step, on_epoch = progress_callbacks(run, status, config, spe, total)
 
             meta = {"run_id": run.run_id, "dataset_id": ds.id, "dataset_hash": ds.content_hash,
                     "data": str(ds.root), "class": job["class"]}
             check, on_fidelity, ref = None, None, None
             if config.fidelity_every:
-                from core.quality import fidelity
-
-                status.update(force=True, message="fidelity check: domain encoder and real train features")
-                ref = fidelity.dataset_reference(ds, classes, class_name=job["class"])
-                check = fidelity.fidelity_fn(ref, conditional)
-                curve = prior_curve
-
-                def on_fidelity(step: int, result: dict) -> None:
-                    run.log_metrics({("fidelity_kid" + k[3:]): v for k, v in result.items() if k.startswith("kid")}
-                                    | {"fidelity_best_kid": result["best_kid"]}, step)
-                    curve.append([step, round(result["kid"], 6)])
-                    status.update(force=True, fidelity={"curve": curve, "best_kid": round(result["best_kid"], 6),
-                                                        "best_step": result["best_step"], "checks": result["checks"]})
-                    log(f"  fidelity at step {step}: KID {result['kid']:.4g} (best {result['best_kid']:.4g} at step "
-                        f"{result['best_step']}, {result['seconds']:.1f} s)")
-                status.update(message="training")
+                check, on_fidelity, ref = fidelity_callbacks(run, status, ds, classes, job["class"], conditional,
+                                                             prior_curve)
             result = train_gan(images, labels, config, out, on_step=on_step, on_epoch=on_epoch,
                                resume=bool(job["resume"]), meta=meta, fidelity_fn=check, on_fidelity=on_fidelity)
             for note in result.notes:
@@ -218,23 +161,6 @@ def cmd_train_gan(args) -> dict:
             "steps": result.step, "epochs": result.epoch, "img_per_s": result.img_per_s,
             "seconds": result.seconds, "state": result.state, "out": str(out),
             "status": str(status.path), "cuda_graph": result.cuda_graph, "metrics": result.metrics}
-
-
-def measure_best(run, ref, result, conditional: bool, out: Path) -> dict:
-    """KID, FID, precision and recall of the best-KID checkpoint, into OUT/quality.json and the run."""
-    from core.quality import fidelity
-
-    quality = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), conditional,
-                                     best_step=result.fidelity["best_step"], checks=result.fidelity["checks"])
-    fidelity.write_quality(out, quality)
-    run.log_metrics(fidelity.mlflow_metrics(quality), result.fidelity["best_step"])
-    run.set_tags({"medaug.gan.usable": quality["usable"], "medaug.gan.best_step": quality["best_step"]})
-    run.log_artifact(result.best_checkpoint, "checkpoint")
-    run.log_artifact(out / fidelity.QUALITY_FILE, "quality")
-    log(f"  best checkpoint: step {quality['best_step']} of {quality['checks']} checks; KID "
-        f"{quality['kid']:.4g}, precision {quality['precision']:.2f}, recall {quality['recall']:.2f}: "
-        f"{'usable' if quality['usable'] else 'NOT usable'} ({quality['reason']})")
-    return quality
 
 
 def cmd_generate(args) -> dict:

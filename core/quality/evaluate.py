@@ -126,7 +126,8 @@ def load_source(spec: str, size: int | None, n_per_class: int, seed: int,
             raise ValueError(f"{path}: no readable images in this synthetic set.")
         gens = ds.meta.get("generator") or []
         info = {"kind": "folder", "synthetic": ds.synthetic, "dataset_id": ds.id,
-                **({k: gens[-1].get(k) for k in ("run_id", "variant", "class", "step", "resolution")} if gens else {})}
+                **({k: gens[-1].get(k) for k in ("run_id", "family", "variant", "class", "step", "resolution")}
+                   if gens else {})}
         name = _describe(info) if gens else ds.name
         if not ds.synthetic:
             info["warning"] = f"{path} is not marked synthetic"
@@ -286,6 +287,10 @@ def score_set(s: SyntheticSet, real: RealSet, extractor, cfg: QualityConfig, *, 
     mem, summary = memorization.audit(real.features[mask], r_lab, f, s.labels, cfg.memorization_quantile)
     row.update({"memorization_threshold": summary["threshold"], "flagged": summary["flagged"],
                 "real_real_median": summary["real_real_median"]})
+    copies = copying_warning(s, mem, r_lab)
+    if copies:
+        row["other_warnings"] = (row["other_warnings"] + " " + copies).strip()
+        row["warnings"] = (row["warnings"] + " " + copies).strip()
     out["per_image"] = pd.DataFrame({"set": s.name, "image_id": s.ids, "class": s.labels,
                                      "nearest_real_id": [r_ids[i] for i in idx], "feature_distance": d,
                                      **{k: pairs[k] for k in ("mse", "rmse", "nrmse", "psnr", "ssim", "ms_ssim")},
@@ -299,6 +304,21 @@ def score_set(s: SyntheticSet, real: RealSet, extractor, cfg: QualityConfig, *, 
                     "distance": float(mem["distance"].iloc[i]), "flagged": bool(mem["flagged"].iloc[i])})
                     for i in order]
     return out
+
+
+def copying_warning(s: SyntheticSet, mem: pd.DataFrame, real_labels: np.ndarray) -> str:
+    """A sentence when the memorization audit flags images of a diffusion model: such models are known to
+    reproduce training images of tiny classes (Carlini et al. 2023; Somepalli et al. 2023)."""
+    flagged = mem[mem["flagged"]]
+    if flagged.empty or s.info.get("family") != "diffusion":
+        return ""
+    counts = flagged["class"].value_counts()
+    real_n = pd.Series(real_labels).value_counts()
+    per_class = ", ".join(f"{c} {n} of {int((mem['class'] == c).sum())} (from {int(real_n.get(c, 0))} real training "
+                          f"images)" for c, n in counts.items())
+    return (f"{s.name}: the diffusion model nearly copies training images ({per_class}). Diffusion models are known "
+            f"to memorise the training images of tiny classes; look at the pairs below and in the generator explorer, "
+            f"and train with fewer steps, more data or stronger condition dropout before using these images.")
 
 
 def _slug(text: str) -> str:

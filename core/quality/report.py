@@ -44,12 +44,15 @@ def load_report(folder: str | Path) -> Report:
 # --- what can be scored: GAN runs and synthetic sets in the tracking store and the workspace ----------
 
 def gan_runs(max_results: int = 100) -> list[dict]:
-    """Finished train-gan runs whose output folder still holds a checkpoint, newest first, as
-    {"label", "run_id", "out", "grids"}: the MLflow runs the GAN page lists, joined to their folders."""
+    """Finished train-gan and train-diffusion runs whose output folder still holds a checkpoint, newest first,
+    as {"label", "run_id", "out", "grids"}: the MLflow runs the GAN and Diffusion pages list, joined to
+    their folders."""
     from core import tracking
 
     out = []
-    for r in tracking.search_runs("train-gan", max_results=max_results):
+    found = [r for kind in ("train-gan", "train-diffusion") for r in tracking.search_runs(kind, max_results=max_results)]
+    found.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    for r in found[:max_results]:
         folder = Path(r.data.tags.get("medaug.out") or r.data.params.get("out") or "")
         if r.info.status != "FINISHED" or not (folder / "checkpoint.pt").is_file():
             continue

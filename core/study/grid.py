@@ -9,8 +9,9 @@ An augmentation set names how a cell's TRAINING images are made from the trainin
     classic       plus one copy per image through the study's pipeline (one of the 7 per image)
     dcgan, wgan,  plus GAN images for the classes the balancing planner tops up, from a GAN of
     wgan-gp       that variant trained on the training split (once per study, shared by cells)
+    diffusion     the same with a class-conditional diffusion model (DDPM, DDIM + guidance; core.diffusion)
     classic+gan   the classic copies and the GAN images of ``combo_variant`` together
-    tstr-dcgan,   TSTR (train on synthetic, test on real): ONLY that variant's GAN images, as many per
+    tstr-dcgan,   TSTR (train on synthetic, test on real): ONLY that generator's images, as many per
     tstr-wgan ... class as the real training split holds (not the planner's top-up), tested on the
                   same real test split: the generator's utility, expected below real only
 
@@ -28,6 +29,8 @@ from core.augment.ops import STUDY_OPERATIONS
 from core.config import DictConfig
 
 GAN_VARIANTS = ("dcgan", "wgan", "wgan-gp")
+DIFFUSION = "diffusion"                              # the diffusion generator's "variant" key (core.diffusion)
+GENERATOR_VARIANTS = (*GAN_VARIANTS, DIFFUSION)      # every generator a set can take images from
 DEFAULT_GAN_STEPS = {"dcgan": 150, "wgan": 60, "wgan-gp": 60}
 
 
@@ -35,7 +38,7 @@ DEFAULT_GAN_STEPS = {"dcgan": 150, "wgan": 60, "wgan-gp": 60}
 class AugSet:
     key: str                      # identifier in configs, MLflow tags and the CLI
     label: str                    # row label of the results table
-    kind: str                     # "real" | "classic" | "gan" | "classic+gan" | "tstr"
+    kind: str                     # "real" | "classic" | "gan" (any generator's top-up) | "classic+gan" | "tstr"
     op: str | None = None         # registry operation (single classic operation sets)
     params: tuple = ()            # its parameters, as (name, value) pairs (hashable)
 
@@ -59,10 +62,12 @@ AUG_SETS: dict[str, AugSet] = {s.key: s for s in (
     AugSet("dcgan", "DCGAN synthetic", "gan"),
     AugSet("wgan", "WGAN synthetic", "gan"),
     AugSet("wgan-gp", "WGAN-GP synthetic", "gan"),
+    AugSet(DIFFUSION, "Diffusion (DDPM) synthetic", "gan"),
     AugSet("classic+gan", "classic + GAN synthetic", "classic+gan"),
     AugSet("tstr-dcgan", "TSTR: DCGAN images only", "tstr"),
     AugSet("tstr-wgan", "TSTR: WGAN images only", "tstr"),
     AugSet("tstr-wgan-gp", "TSTR: WGAN-GP images only", "tstr"),
+    AugSet("tstr-diffusion", "TSTR: diffusion images only", "tstr"),
 )}
 CLASSIC_OPS = tuple(_OP_KEYS[label] for label, _, _ in STUDY_OPERATIONS)
 BASELINE = "real"
@@ -122,8 +127,17 @@ class StudyConfig(DictConfig):
                                                  # KID of a short CPU run is noisy: 6 stopped a DCGAN at KID 0.10
                                                  # that reached 0.02 with 2x the steps
     gan_checkpoints: Mapping[str, str] = field(default_factory=dict)  # variant -> checkpoint.pt of a given
-                                                 # conditional GAN run (skips training that variant)
-    combo_variant: str = "dcgan"                 # the GAN of the classic+gan set
+                                                 # conditional GAN (or "diffusion" -> diffusion) run (skips training it)
+    combo_variant: str = "dcgan"                 # the generator of the classic+gan set
+    # the diffusion set (core.diffusion: a class-conditional DDPM at gan_resolution, DDIM + guidance)
+    diffusion_steps: int = 2000                  # training steps (diffusion_max_seconds may stop it first)
+    diffusion_max_seconds: float | None = None   # training-time budget (s)
+    diffusion_width: int = 16                    # UNet base channels (16: ~31 img/s training at 64 px on 2 cores)
+    diffusion_batch: int = 32
+    diffusion_sample_steps: int = 25             # DDIM steps per synthetic image
+    diffusion_guidance: float = 2.0              # classifier-free guidance scale
+    diffusion_quality_real: int = 300            # real images (and as many samples) in its final quality measure:
+                                                 # sampling costs ~0.5 s an image at 64 px on 2 CPU cores
     gan_threads: int | None = None               # CPU threads for GAN training (None: torch's default)
     shuffle_labels: bool = False                 # the null control: every cell trains (and selects) on shuffled
                                                  # labels, so no set can truly help; every verdict must then be
@@ -164,8 +178,8 @@ class StudyConfig(DictConfig):
             raise ValueError(f"copies={self.copies}: choose between 1 and 20 copies per image.")
         if self.gan_resolution not in (32, 64, 128, 256):
             raise ValueError(f"gan_resolution={self.gan_resolution}: choose 32, 64, 128 or 256 px.")
-        if self.combo_variant not in GAN_VARIANTS:
-            raise ValueError(f"combo_variant={self.combo_variant!r}: choose one of {', '.join(GAN_VARIANTS)}.")
+        if self.combo_variant not in GENERATOR_VARIANTS:
+            raise ValueError(f"combo_variant={self.combo_variant!r}: choose one of {', '.join(GENERATOR_VARIANTS)}.")
         object.__setattr__(self, "gan_steps", {**DEFAULT_GAN_STEPS, **dict(self.gan_steps)})
         object.__setattr__(self, "gan_checkpoints", dict(self.gan_checkpoints))
         for v, steps in self.gan_steps.items():
@@ -173,8 +187,23 @@ class StudyConfig(DictConfig):
                 raise ValueError(f"gan_steps[{v!r}]={steps!r}: give generator steps (1..1000000) per variant "
                                  f"of {', '.join(GAN_VARIANTS)}.")
         for v in self.gan_checkpoints:
-            if v not in GAN_VARIANTS:
-                raise ValueError(f"gan_checkpoints: {v!r} is not a GAN variant ({', '.join(GAN_VARIANTS)}).")
+            if v not in GENERATOR_VARIANTS:
+                raise ValueError(f"gan_checkpoints: {v!r} is not a generator ({', '.join(GENERATOR_VARIANTS)}).")
+        if not 1 <= self.diffusion_steps <= 10_000_000:
+            raise ValueError(f"diffusion_steps={self.diffusion_steps}: choose between 1 and 10000000.")
+        if self.diffusion_max_seconds is not None and not 1 <= self.diffusion_max_seconds <= 30 * 86400:
+            raise ValueError(f"diffusion_max_seconds={self.diffusion_max_seconds}: choose between 1 s and 30 days, "
+                             f"or None.")
+        if not 1 <= self.diffusion_batch <= 4096:
+            raise ValueError(f"diffusion_batch={self.diffusion_batch}: choose between 1 and 4096.")
+        if not (8 <= self.diffusion_width <= 256 and self.diffusion_width % 8 == 0):
+            raise ValueError(f"diffusion_width={self.diffusion_width}: choose a multiple of 8 between 8 and 256.")
+        if not 1 <= self.diffusion_sample_steps <= 1000:
+            raise ValueError(f"diffusion_sample_steps={self.diffusion_sample_steps}: choose between 1 and 1000 DDIM steps.")
+        if not 0 <= self.diffusion_guidance <= 20:
+            raise ValueError(f"diffusion_guidance={self.diffusion_guidance}: choose a scale between 0 and 20.")
+        if not 16 <= self.diffusion_quality_real <= 100_000:
+            raise ValueError(f"diffusion_quality_real={self.diffusion_quality_real}: choose between 16 and 100000.")
         if self.gan_max_seconds is not None and not 1 <= self.gan_max_seconds <= 30 * 86400:
             raise ValueError(f"gan_max_seconds={self.gan_max_seconds}: choose between 1 s and 30 days, or None.")
         if self.gan_fidelity_every is not None and not 1 <= self.gan_fidelity_every <= 1_000_000:

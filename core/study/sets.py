@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core.files import file_lock
-from core.study.grid import AUG_SETS, AugSet, StudyConfig
+from core.study.grid import AUG_SETS, DIFFUSION, AugSet, StudyConfig
 
 Log = Callable[[str], None]
 
@@ -123,11 +123,23 @@ def classic_copies(images: np.ndarray, aug: AugSet, seed: int, copies: int = 1) 
 # --- GAN sets ---------------------------------------------------------------------------------
 
 def gan_config(config: StudyConfig, variant: str, splits: Splits, n_train: int):
+    """The training config of this study's ``variant`` generator: a GanConfig, or a DiffusionConfig for
+    ``diffusion`` (no fidelity check while it trains: a check samples 64 images a class with DDIM)."""
+    present = [c for c, n in splits.train_counts().items() if n > 0]
+    if variant == DIFFUSION:
+        from core.diffusion.train import DiffusionConfig
+
+        return DiffusionConfig(resolution=config.gan_resolution, batch=max(1, min(config.diffusion_batch, n_train)),
+                               max_steps=config.diffusion_steps, max_seconds=config.diffusion_max_seconds,
+                               grid_every=min(config.diffusion_steps, 200), width=config.diffusion_width,
+                               conditional=True, classes=tuple(present), sample_steps=config.diffusion_sample_steps,
+                               guidance=config.diffusion_guidance, seed=0, device=config.device,
+                               threads=config.gan_threads, log_every=min(10, config.diffusion_steps),
+                               precision=config.precision)
     from core.gan.train import GanConfig
 
     steps = config.gan_steps.get(variant, 200)
     every = min(config.gan_fidelity_every, steps) if config.gan_fidelity_every else None
-    present = [c for c, n in splits.train_counts().items() if n > 0]
     return GanConfig(variant=variant, resolution=config.gan_resolution, batch=max(2, min(config.gan_batch, n_train)),
                      epochs=None, max_steps=steps, max_seconds=config.gan_max_seconds, steps_per_epoch=min(steps, 100),
                      width=config.gan_width, conditional=True, classes=tuple(present), seed=0, device=config.device,
@@ -147,51 +159,63 @@ def gan_dir(root: Path, config: StudyConfig, variant: str, splits: Splits) -> Pa
 
 def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path, *, parent_run_id: str | None = None,
                    log: Log = print, on_step=None) -> Path:
-    """The checkpoint of this study's ``variant`` GAN: a given one, the cached one, or trained now
-    on the TRAINING images and labels (conditional; MLflow child run of the study when given).
+    """The checkpoint of this study's ``variant`` generator (a GAN, or the diffusion model for
+    ``diffusion``): a given one, the cached one, or trained now on the TRAINING images and labels
+    (conditional; MLflow child run of the study when given).
 
     With ``config.gan_fidelity_every`` the GAN checks its KID against the real training images every
     N steps, stops on a plateau or at ``gan_max_seconds``, and the study samples its lowest-KID
     checkpoint (best.pt); that checkpoint's quality goes to ``quality.json`` beside it
-    (:func:`gan_quality` reads it) and to the GAN's run (``gen_*`` metrics, tag ``medaug.gan.usable``)."""
+    (:func:`gan_quality` reads it) and to the GAN's run (``gen_*`` metrics, tag ``medaug.gan.usable``).
+    The diffusion model trains without a check (each samples 64 images a class with DDIM) and its last
+    checkpoint is measured the same way, on ``diffusion_quality_real`` real images and as many samples."""
     given = config.gan_checkpoints.get(variant)
     if given:
         path = resolve_checkpoint(given)
-        log(f"  {variant}: using the given GAN checkpoint {path}")
+        log(f"  {variant}: using the given generator checkpoint {path}")
         return path
     folder = gan_dir(root, config, variant, splits)
     done = folder / "done.json"
     with file_lock(folder.with_name(folder.name + ".lock")):
         if done.is_file():
             return Path(json.loads(done.read_text())["checkpoint"])
-        from core.gan.train import train_gan
+        diffusion = variant == DIFFUSION
+        if diffusion:
+            from core.diffusion.train import train_diffusion as train_generator
+        else:
+            from core.gan.train import train_gan as train_generator
 
         gcfg = gan_config(config, variant, splits, len(splits.train_y))
         index = {c: i for i, c in enumerate(gcfg.classes)}
         labels = np.array([index[splits.class_names[y]] for y in splits.train_y], dtype=np.int64)
-        log(f"  training the {variant} GAN (conditional, {len(gcfg.classes)} classes) on {len(labels)} training "
-            f"images: {gcfg.max_steps} steps at {gcfg.resolution} px, width {gcfg.width} -> {folder}")
+        noun = "diffusion model" if diffusion else "GAN"
+        log(f"  training the {variant} {noun} (conditional, {len(gcfg.classes)} classes) on {len(labels)} training "
+            f"images: {gcfg.max_steps} steps" + (f" or {gcfg.max_seconds:g} s" if gcfg.max_seconds else "")
+            + f" at {gcfg.resolution} px, width {gcfg.width} -> {folder}")
         meta = {"study_train_hash": splits.train_hash, "variant": variant}
         ref = check = None
-        if gcfg.fidelity_every:
+        if gcfg.fidelity_every or diffusion:
             from core.quality import fidelity
 
             encoder = fidelity.array_encoder(splits.train_x, splits.train_y, splits.class_names, splits.train_hash)
             ref = fidelity.real_reference(encoder, splits.train_x, [splits.class_names[y] for y in splits.train_y],
                                           gcfg.classes)
-            check = fidelity.fidelity_fn(ref, True)
+            check = fidelity.fidelity_fn(ref, True) if gcfg.fidelity_every else None
 
         def train(step_cb=None, run=None):
             def on_fidelity(step, r):
                 if run is not None:
                     run.log_metrics({("fidelity_kid" + k[3:]): v for k, v in r.items() if k.startswith("kid")}, step)
-            result = train_gan(splits.train_x, labels, gcfg, folder, on_step=step_cb, meta=meta, resume=True,
-                               fidelity_fn=check, on_fidelity=on_fidelity)
-            if result.state == "finished" and result.best_checkpoint is not None and ref is not None:
+            result = train_generator(splits.train_x, labels, gcfg, folder, on_step=step_cb, meta=meta, resume=True,
+                                     fidelity_fn=check, on_fidelity=on_fidelity)
+            measured = result.best_checkpoint or (result.checkpoint if diffusion else None)
+            if result.state == "finished" and measured is not None and ref is not None:
                 from core.quality import fidelity
 
-                q = fidelity.final_quality(ref, fidelity.checkpoint_sampler(result.best_checkpoint), True,
-                                           best_step=result.fidelity["best_step"], checks=result.fidelity["checks"])
+                q = fidelity.final_quality(ref, fidelity.checkpoint_sampler(measured), True,
+                                           best_step=result.fidelity["best_step"] or result.step,
+                                           checks=result.fidelity["checks"],
+                                           **({"max_real": config.diffusion_quality_real} if diffusion else {}))
                 fidelity.write_quality(folder, q)
                 log(f"  {variant}: best checkpoint at step {q['best_step']} ({q['checks']} checks): KID {q['kid']:.4g}, "
                     f"precision {q['precision']:.2f}, recall {q['recall']:.2f}: "
@@ -204,9 +228,10 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         if parent_run_id:
             from core.tracking import start_run
 
-            with start_run("train-gan", {**gcfg.to_dict(), "n_images": len(labels)}, parent_run_id=parent_run_id,
-                           run_name=f"study GAN {variant}",
+            with start_run("train-diffusion" if diffusion else "train-gan", {**gcfg.to_dict(), "n_images": len(labels)},
+                           parent_run_id=parent_run_id, run_name=f"study {noun} {variant}",
                            tags={"medaug.gan.variant": variant, "medaug.gan.conditional": True,
+                                 "medaug.generator.family": "diffusion" if diffusion else "gan",
                                  "medaug.study.train_hash": splits.train_hash}) as run:
                 meta["run_id"] = run.run_id
 
@@ -218,7 +243,7 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         else:
             result = train((lambda s, m: on_step(s, gcfg.max_steps)) if on_step else None)
         if result.state != "finished" or result.checkpoint is None:
-            raise ValueError(f"the {variant} GAN of the study did not finish: {result.message}")
+            raise ValueError(f"the {variant} {noun} of the study did not finish: {result.message}")
         log(f"  {variant}: {result.message} ({result.seconds:.0f} s, {result.img_per_s:.0f} img/s)")
         from core.files import write_json_atomic
 

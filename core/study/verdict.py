@@ -100,7 +100,7 @@ def verdict_text(table: pd.DataFrame, dataset_meta: dict | None = None, sensitiv
                            f"{fmt_delta(r['delta'], r['delta_lo'], r['delta_hi'])} ({fmt_p(r['p_holm'])}, Holm across "
                            f"classes and sets).")
         null = judged[judged["verdict_stat"] == "no detectable difference"]
-        for kind, noun in (("classic", "classic operation"), ("gan", "GAN set"), ("classic+gan", "classic + GAN set"),
+        for kind, noun in (("classic", "classic operation"), ("gan", "generator set"), ("classic+gan", "classic + generator set"),
                            ("other", "other set")):
             group = null[[_kind(s) == kind for s in null["set"]]]
             if group.empty:
