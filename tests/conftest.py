@@ -30,6 +30,9 @@ SLOW: dict[str, str] = {
     "test_classify.py::test_core_classify_trains_without_pandas_mlflow_streamlit": "14 s: subprocess",
     "test_classify.py::test_cli_train_classifier_logs_to_mlflow_and_writes_status": "4 s: CLI training",
     "test_gan.py::test_cli_sigterm_cancels_with_status_and_a_killed_run": "22 s: subprocess training",
+    "test_diffusion.py::test_a_study_with_the_diffusion_set_trains_it_once_measures_it_and_reports_its_row":
+        "60-120 s: a study with a diffusion model, its sampling, the domain encoder and its quality",
+    "test_diffusion.py::test_cli_train_diffusion_then_generate_on_the_phantom": "2 subprocesses importing monai",
     "test_gan.py::test_core_gan_trains_and_samples_without_pandas_mlflow_streamlit": "8 s: subprocess",
     "test_gan_page.py::test_launch_watch_browse_and_balance": "34 s: real jobs from the page",
     "test_gan_fidelity.py::test_a_noise_blob_generator_is_marked_unusable_with_complete_quality": "5 s",

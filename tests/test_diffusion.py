@@ -215,3 +215,36 @@ def test_submit_refuses_a_bad_diffusion_job_before_queueing(small_phantom, tmp_p
         with pytest.raises(ValueError, match=words):
             jobs.validate("train-diffusion", {**base, **bad})
     jobs.validate("train-diffusion", {**base, "resolution": 32, "max_steps": 2})
+
+
+def test_a_study_with_the_diffusion_set_trains_it_once_measures_it_and_reports_its_row(small_phantom, tmp_path,
+                                                                                         monkeypatch):
+    """The diffusion set goes through the study like a GAN set: one model (a child run) for the cells, its
+    images as `diffusion:` rows of a synthetic folder, a measured quality.json beside it, gen_* columns."""
+    from core.study.grid import StudyConfig
+    from core.study.run import run_study
+    from core.study.sets import gan_dir, load_splits
+
+    monkeypatch.setattr("core.quality.fidelity.FINAL_MAX_REAL", 64)
+    config = StudyConfig(sets=("real", "diffusion", "tstr-diffusion"), networks=("small_cnn",), seeds=(0,),
+                         image_size=16, epochs=1, batch_size=64, n_boot=50, precision="fp32", gan_resolution=32,
+                         diffusion_steps=3, diffusion_width=8, diffusion_batch=8, diffusion_sample_steps=2,
+                         diffusion_quality_real=32, gan_cap=0.25, device="cpu")
+    run_study(small_phantom.root, config, tmp_path / "study", log=lambda m: None)
+    folder = gan_dir(tmp_path / "study" / "gans", config, "diffusion", load_splits(small_phantom, 16))
+    done = json.loads((folder / "done.json").read_text())
+    assert Path(done["checkpoint"]).is_file() and done["run_id"]
+    quality = json.loads((folder / "quality.json").read_text())
+    assert quality["n_real"] == 32 and 0 <= quality["precision"] <= 1 and isinstance(quality["usable"], bool)
+    from core.data.datasets import load_dataset
+
+    synthetic = [load_dataset(p.parent) for p in folder.glob("synthetic-*/dataset.json")]
+    assert synthetic and all(s.manifest["source"].str.startswith("diffusion:").all() for s in synthetic)
+    import pandas as pd
+
+    from core.study.run import RESULTS_FILE
+
+    rows = pd.read_csv(tmp_path / "study" / RESULTS_FILE)
+    assert {"diffusion", "tstr-diffusion"} <= set(rows["set"])
+    row = rows[rows["set"] == "diffusion"].iloc[0]
+    assert row["gen_precision"] == pytest.approx(quality["precision"]) and row["gen_usable"] == quality["usable"]
