@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import jobs, runs, tracking
+from core import jobs, runs
 from core.balance import class_balance_plan
 from core.charts import balance_plan_figure, gan_curves_figure
 from core.gan.variants import VARIANTS
@@ -77,46 +77,10 @@ def train_form() -> None:
         st.toast(f"Job {job.id} {job.state}.", icon=":material/rocket_launch:")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def artifact_file(run_id: str, path: str) -> str:
-    return str(tracking.download_artifact(run_id, path))
-
-
 def run_view(job: jobs.Job | None, run_id: str | None, where: str) -> None:
     """Progress, curves and the epoch-by-epoch sample grid of one GAN run."""
-    status = job.status if job else {}
-    if job is not None:
-        ui.job_progress(job)
-    if not run_id:
-        st.info("Waiting for the job to start logging…")
-        return
-    history = tracking.metric_history(run_id)
-    spe = status.get("steps_per_epoch")
-    curves, grid = st.columns([3, 2])
-    if history.empty:
-        curves.caption("No metrics logged yet.")
-    else:
-        curves.plotly_chart(gan_curves_figure(history, spe), key=f"gan_curves_{where}_{run_id}")
-    quality = status.get("quality")
-    if quality:
-        text = (f"Best checkpoint (step {quality['best_step']}, {quality['checks']} checks): KID {quality['kid']:.3g}, "
-                f"precision {quality['precision']:.2f} [{quality['precision_lo']:.2f}, {quality['precision_hi']:.2f}], "
-                f"recall {quality['recall']:.2f}. {quality['reason']}.")
-        (curves.success if quality.get("usable") else curves.warning)(text)
-    elif status.get("fidelity"):
-        f = status["fidelity"]
-        curves.caption(f"Fidelity check {f['checks']}: best KID {f['best_kid']:.3g} at step {f['best_step']}.")
-    grids = runs.gan_grids(job.dir if job else None, run_id)   # the job folder while it exists, else MLflow
-    with grid:
-        if not grids:
-            st.caption("The first sample grid appears after the first epoch.")
-            return
-        epochs = [e for e, _ in grids]
-        epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"gan_epoch_{where}_{run_id}") \
-            if len(epochs) > 1 else epochs[0]
-        path = dict(grids)[epoch]
-        local = path if Path(path).is_file() else artifact_file(run_id, path)
-        st.image(local, caption=f"Fixed-noise samples after epoch {epoch}", width="stretch")
+    ui.generator_run_view(job, run_id, where, lambda history, status: gan_curves_figure(
+        history, status.get("steps_per_epoch")), key="gan")
 
 
 def live_panel() -> None:
@@ -138,11 +102,11 @@ def past_runs() -> None:
 
 
 def checkpoints() -> dict[str, str]:
-    """Finished GAN jobs with a checkpoint: label -> checkpoint path."""
+    """Finished GAN and diffusion jobs with a checkpoint: label -> (class or "conditional", checkpoint path)."""
     out = {}
     for j in jobs.list_jobs():
         ckpt = j.status.get("best_checkpoint") or j.status.get("checkpoint")   # the lowest-KID one when checked
-        if j.command == "train-gan" and j.state == "finished" and ckpt and Path(ckpt).is_file():
+        if j.command in ("train-gan", "train-diffusion") and j.state == "finished" and ckpt and Path(ckpt).is_file():
             cfg = j.status.get("config", {})
             who = "conditional" if cfg.get("conditional") else cfg.get("class_name") or "?"
             q = j.status.get("quality") or {}
@@ -173,7 +137,8 @@ def synthesis_panel() -> None:
         st.success("Every chosen class is at or above the target.")
         return
     if not ckpts:
-        st.info("Train a GAN first (one per class, or a conditional one); finished runs appear here.")
+        st.info("Train a GAN or a diffusion model first (one per class, or a conditional one); finished runs "
+                "appear here.")
         return
     cond = [k for k, (who, _) in ckpts.items() if who == "conditional"]
     mapping = {}
