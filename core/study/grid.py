@@ -270,7 +270,9 @@ def preset(name: str, **overrides) -> StudyConfig:
                            image_size=224, epochs=30, equal_budget=False, batch_size=32, lr=1e-4, patience=8,
                            n_boot=1000,
                            gan_resolution=128, gan_width=64, gan_cap=5.0,
-                           gan_steps={"dcgan": 5000, "wgan": 5000, "wgan-gp": 5000}, combo_variant="wgan-gp")
+                           gan_steps={"dcgan": 5000, "wgan": 5000, "wgan-gp": 5000}, combo_variant="wgan-gp",
+                           diffusion_steps=30_000, diffusion_width=64, diffusion_batch=64, diffusion_sample_steps=50,
+                           diffusion_quality_real=1000)
     else:
         raise ValueError(f"unknown preset {name!r}; choose quick, standard or paper.")
     return dataclasses.replace(base, **overrides) if overrides else base
