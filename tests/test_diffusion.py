@@ -248,3 +248,38 @@ def test_a_study_with_the_diffusion_set_trains_it_once_measures_it_and_reports_i
     assert {"diffusion", "tstr-diffusion"} <= set(rows["set"])
     row = rows[rows["set"] == "diffusion"].iloc[0]
     assert row["gen_precision"] == pytest.approx(quality["precision"]) and row["gen_usable"] == quality["usable"]
+
+
+def test_quality_says_in_words_when_a_diffusion_set_copies_training_images(tmp_path):
+    """The memorization audit flags a planted copy; for a diffusion set the report row says so in a sentence
+    naming the class and its real count, for a GAN set it stays a number; the family comes from dataset.json."""
+    import pandas as pd
+
+    from core.data.datasets import write_dataset
+    from core.quality import memorization
+    from core.quality.evaluate import SyntheticSet, copying_warning, load_source
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 16))
+    labels = np.array(["Vertebral collapse"] * 6 + ["No finding"] * 34)
+    synthetic = np.vstack([train[2] + 1e-4, rng.normal(size=(5, 16)) * 3])   # one near-copy of a VC image
+    syn_labels = np.array(["Vertebral collapse"] * 6)
+    mem, summary = memorization.audit(train, labels, synthetic, syn_labels)
+    assert summary["flagged"] == 1 and bool(mem["flagged"].iloc[0])
+    s = SyntheticSet("ddpm conditional", "x", np.zeros((6, 8, 8), np.uint8), syn_labels, [str(i) for i in range(6)],
+                     {"family": "diffusion"})
+    text = copying_warning(s, mem, labels)
+    assert "nearly copies training images" in text and "Vertebral collapse 1 of 6 (from 6 real training" in text
+    assert copying_warning(SyntheticSet("dcgan", "x", s.images, syn_labels, s.ids, {"family": "gan"}), mem, labels) == ""
+    clean = mem.assign(flagged=False)
+    assert copying_warning(s, clean, labels) == ""
+
+    from PIL import Image
+    (tmp_path / "syn" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "syn" / "images" / "a.png")
+    row = {"image_id": "a", "path": "images/a.png", "split": "train", "label": "x", "labels": ["x"], "boxes": [],
+           "study_id": "a", "source": "diffusion:r1", "width": 8, "height": 8, "sha256": "0"}
+    write_dataset(tmp_path / "syn", pd.DataFrame([row]), {"name": "s", "kind": "synthetic", "synthetic": True,
+                                                          "generator": [{"family": "diffusion", "run_id": "r1",
+                                                                         "variant": "ddpm"}]})
+    assert load_source(str(tmp_path / "syn"), 8, 1, 0).info["family"] == "diffusion"
