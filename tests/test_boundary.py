@@ -70,10 +70,13 @@ def test_only_core_tracking_imports_mlflow():
 
 
 def test_gan_and_classify_import_without_mlflow_or_streamlit():
-    """A meta-path finder refuses mlflow and streamlit: every module of core.gan and core.classify
-    still imports (they reach tracking through callbacks, and the page through jobs)."""
-    mods = [m for m in core_modules() if m.startswith(("core.gan", "core.classify"))]
-    assert {"core.gan.train", "core.gan.commands", "core.classify.train", "core.classify.commands"} <= set(mods)
+    """A meta-path finder refuses mlflow and streamlit: every module of core.gan, core.diffusion and
+    core.classify, and the generator interface, still imports (they reach tracking through callbacks,
+    and the page through jobs)."""
+    mods = [m for m in core_modules() if m.startswith(("core.gan", "core.diffusion", "core.classify",
+                                                        "core.generators", "core.trainloop", "core.synthetic"))]
+    assert {"core.gan.train", "core.gan.commands", "core.classify.train", "core.classify.commands",
+            "core.diffusion.train", "core.diffusion.sample", "core.generators", "core.trainloop"} <= set(mods)
     code = f"""
 import sys
 
