@@ -90,20 +90,53 @@ def gan_curves_figure(history: pd.DataFrame, steps_per_epoch: int | None = None)
                 continue
             fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines", name=_GAN_NAMES[key], row=row, col=1,
                             line=dict(width=3 if key == "wasserstein" else 1.6))
-    if not fidelity.empty:
-        for key in sorted(set(fidelity["key"]) - {FIDELITY_KEY}):   # per class, thin
-            h = fidelity[fidelity["key"] == key].sort_values("step")
-            fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines", name=f"KID {key.split('/', 1)[-1]}",
-                            row=3, col=1, line=dict(width=1), opacity=0.5, legendgroup="kid_classes")
-        h = fidelity[fidelity["key"] == FIDELITY_KEY].sort_values("step")
-        if not h.empty:
-            fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines+markers", name="KID (mean over classes)",
-                            row=3, col=1, line=dict(width=3, color="#000000"))
-            best = h.loc[h["value"].idxmin()]
-            fig.add_scatter(x=[xs(best["step"])], y=[best["value"]], mode="markers", name="best checkpoint",
-                            row=3, col=1, marker=dict(symbol="star", size=14, color="#D55E00"))
+    _add_fidelity_traces(fig, fidelity, 3, xs)
     fig.update_xaxes(title_text="epoch" if steps_per_epoch else "generator step", row=rows, col=1)
     fig.update_layout(height=260 * rows, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def _add_fidelity_traces(fig, fidelity: pd.DataFrame, row: int, xs=lambda steps: steps) -> None:
+    """The fidelity check's KID curves into ``row`` of ``fig``: thin per class, thick for the mean over
+    classes, a star on the best checkpoint (nothing when ``fidelity`` is empty)."""
+    if fidelity.empty:
+        return
+    for key in sorted(set(fidelity["key"]) - {FIDELITY_KEY}):   # per class, thin
+        h = fidelity[fidelity["key"] == key].sort_values("step")
+        fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines", name=f"KID {key.split('/', 1)[-1]}",
+                        row=row, col=1, line=dict(width=1), opacity=0.5, legendgroup="kid_classes")
+    h = fidelity[fidelity["key"] == FIDELITY_KEY].sort_values("step")
+    if not h.empty:
+        fig.add_scatter(x=xs(h["step"]), y=h["value"], mode="lines+markers", name="KID (mean over classes)",
+                        row=row, col=1, line=dict(width=3, color="#000000"))
+        best = h.loc[h["value"].idxmin()]
+        fig.add_scatter(x=[xs(best["step"])], y=[best["value"]], mode="markers", name="best checkpoint",
+                        row=row, col=1, marker=dict(symbol="star", size=14, color="#D55E00"))
+
+
+def diffusion_curves_figure(history: pd.DataFrame, smooth: int = 10):
+    """A diffusion run's curves from a long (key, step, value) table: the denoising loss (thin: as
+    logged, every ``log_every`` steps; thick: its running mean over ``smooth`` points), and, when the
+    run checked its fidelity, a second panel with the KID curve and its best checkpoint marked.
+    x is the training step."""
+    from plotly.subplots import make_subplots
+
+    fidelity = history[history["key"].astype(str).str.startswith(FIDELITY_KEY)]
+    titles = ["Denoising loss (MSE of the predicted v or noise; lower is better)"]
+    if not fidelity.empty:
+        titles.append("Fidelity: KID on domain features vs the real train split (lower is better)")
+    rows = len(titles)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=titles)
+    h = history[history["key"] == "loss"].sort_values("step")
+    if not h.empty:
+        fig.add_scatter(x=h["step"], y=h["value"], mode="lines", name="loss", row=1, col=1,
+                        line=dict(width=1, color="#56B4E9"))
+        mean = h["value"].rolling(smooth, min_periods=1).mean()
+        fig.add_scatter(x=h["step"], y=mean, mode="lines", name=f"running mean ({smooth} points)", row=1, col=1,
+                        line=dict(width=3, color="#0072B2"))
+    _add_fidelity_traces(fig, fidelity, 2)
+    fig.update_xaxes(title_text="training step", row=rows, col=1)
+    fig.update_layout(height=300 * rows, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return fig
 
 

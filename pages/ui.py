@@ -18,6 +18,7 @@ PAGES = (
     ("pages/dataset.py", "Dataset", ":material/photo_library:"),
     ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
     ("pages/gan.py", "GAN", ":material/model_training:"),
+    ("pages/diffusion.py", "Diffusion", ":material/blur_on:"),
     ("pages/quality.py", "Quality", ":material/insights:"),
     ("pages/reader.py", "Reader study", ":material/visibility:"),
     ("pages/classify.py", "Classify", ":material/analytics:"),
@@ -167,6 +168,11 @@ def job_progress(job) -> None:
         rate = f" · {s['img_per_s']:.0f} img/s" if s.get("img_per_s") else ""
         st.progress(min(1.0, step / total), text=f"step {step}/{total} · epoch {s.get('epoch', 0)}"
                                                  f"/{s.get('epochs', '?')}{rate}{eta_text}")
+    elif job.active and s.get("eta_s") is not None and (s.get("config") or {}).get("max_seconds"):
+        budget = s["config"]["max_seconds"]   # a time budget alone: progress by time
+        rate = f" · {s['img_per_s']:.0f} img/s" if s.get("img_per_s") else ""
+        st.progress(min(1.0, max(0.0, 1 - s["eta_s"] / budget)),
+                    text=f"step {step} · time budget {budget / 60:.1f} min{rate} · ETA {s['eta_s'] / 60:.1f} min")
     if s.get("losses"):
         cols = st.columns(min(6, len(s["losses"])))
         for col, (k, v) in zip(cols, list(s["losses"].items())[:6]):
@@ -209,13 +215,16 @@ def live_jobs_panel(commands: Iterable[str], render: Callable, *, pick_key: str,
 
 
 def launch_button(command: str, config: dict, button: str, *, label: str, key: str,
-                  icon: str = ":material/play_arrow:", disabled: bool = False):
+                  icon: str = ":material/play_arrow:", disabled: bool = False, problem: str | None = None):
     """A form's launch: ``config`` (the command's --config fields) is checked as :func:`core.jobs.submit`
     will check it (the command's own ``validate``), what is wrong is shown above a disabled button, and
-    a click queues the job. Returns the queued job, or None."""
+    a click queues the job. ``problem``: what the page itself found wrong, in its form's words (shown
+    instead, and the button disabled). Returns the queued job, or None."""
     from core import jobs
 
     try:
+        if problem:
+            raise ValueError(problem)
         jobs.validate(command, config)
     except ValueError as e:
         st.error(str(e), icon=":material/error:")
@@ -223,3 +232,64 @@ def launch_button(command: str, config: dict, button: str, *, label: str, key: s
     if st.button(button, type="primary", icon=icon, key=key, disabled=disabled):
         return jobs.submit(command, config, label=label)
     return None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def artifact_file(run_id: str, path: str) -> str:
+    """A run's artifact as a local file (downloaded once)."""
+    from core import tracking
+
+    return str(tracking.download_artifact(run_id, path))
+
+
+def generator_run_view(job, run_id: str | None, where: str, figure: Callable, *, key: str,
+                       grid_every: int | None = None) -> None:
+    """Progress, curves and the fixed-noise sample grids over time of one generator run (GAN or diffusion).
+
+    ``figure(history, status)`` draws the run's curves from its MLflow metric history. The grids come
+    from the job folder while it exists, else from MLflow; the slider walks them by epoch, or by step
+    when ``grid_every`` (steps between grids) is given. ``where`` and ``key`` keep widget keys apart."""
+    from core import runs, tracking
+
+    status = job.status if job else {}
+    if job is not None:
+        job_progress(job)
+    if not run_id:
+        st.info("Waiting for the job to start logging…")
+        return
+    history = tracking.metric_history(run_id)
+    curves, grid = st.columns([3, 2])
+    if history.empty:
+        curves.caption("No metrics logged yet.")
+    else:
+        curves.plotly_chart(figure(history, status), key=f"{key}_curves_{where}_{run_id}")
+    quality = status.get("quality")
+    if quality:
+        text = (f"Best checkpoint (step {quality['best_step']}, {quality['checks']} checks): KID {quality['kid']:.3g}, "
+                f"precision {quality['precision']:.2f} [{quality['precision_lo']:.2f}, {quality['precision_hi']:.2f}], "
+                f"recall {quality['recall']:.2f}. {quality['reason']}.")
+        (curves.success if quality.get("usable") else curves.warning)(text)
+    elif status.get("fidelity"):
+        f = status["fidelity"]
+        curves.caption(f"Fidelity check {f['checks']}: best KID {f['best_kid']:.3g} at step {f['best_step']}.")
+    grids = runs.gan_grids(job.dir if job else None, run_id)   # the job folder while it exists, else MLflow
+    with grid:
+        if not grids:
+            st.caption("The first sample grid appears after the first "
+                       + (f"{grid_every} steps." if grid_every else "epoch."))
+            return
+        last_step = int(history["step"].max()) if not history.empty else None
+
+        def name(epoch: int) -> str:   # the last grid of a run stopped by its time budget comes early
+            if not grid_every:
+                return f"epoch {epoch}"
+            step = epoch * grid_every
+            return f"step {min(step, last_step) if last_step and epoch == grids[-1][0] else step}"
+
+        epochs = [e for e, _ in grids]
+        epoch = st.select_slider("Step" if grid_every else "Epoch", epochs, value=epochs[-1],
+                                 format_func=name if grid_every else str,
+                                 key=f"{key}_epoch_{where}_{run_id}") if len(epochs) > 1 else epochs[0]
+        path = dict(grids)[epoch]
+        local = path if Path(path).is_file() else artifact_file(run_id, path)
+        st.image(local, caption=f"Fixed-noise samples after {name(epoch)}", width="stretch")
