@@ -35,6 +35,8 @@ SLOW: dict[str, str] = {
     "test_diffusion.py::test_cli_train_diffusion_then_generate_on_the_phantom": "2 subprocesses importing monai",
     "test_gan.py::test_core_gan_trains_and_samples_without_pandas_mlflow_streamlit": "8 s: subprocess",
     "test_gan_page.py::test_launch_watch_browse_and_balance": "34 s: real jobs from the page",
+    "test_diffusion_page.py::test_a_real_tiny_job_trains_and_its_grids_show_live_and_from_mlflow":
+        "79 s on loaded cores: a real diffusion job from the page",
     "test_gan_fidelity.py::test_a_noise_blob_generator_is_marked_unusable_with_complete_quality": "5 s",
     "test_gan_fidelity.py::test_cli_train_gan_logs_the_fidelity_curve_and_the_quality": "3 s: CLI training",
     "test_tracking.py::test_two_processes_opening_a_fresh_store_at_once": "25 s: two processes",
