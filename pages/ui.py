@@ -19,6 +19,7 @@ PAGES = (
     ("pages/augment.py", "Augment", ":material/auto_fix_high:"),
     ("pages/gan.py", "GAN", ":material/model_training:"),
     ("pages/diffusion.py", "Diffusion", ":material/blur_on:"),
+    ("pages/explore.py", "Explore a generator", ":material/travel_explore:"),
     ("pages/quality.py", "Quality", ":material/insights:"),
     ("pages/reader.py", "Reader study", ":material/visibility:"),
     ("pages/classify.py", "Classify", ":material/analytics:"),
