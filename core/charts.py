@@ -116,9 +116,9 @@ def _add_fidelity_traces(fig, fidelity: pd.DataFrame, row: int, xs=lambda steps:
 
 def diffusion_curves_figure(history: pd.DataFrame, smooth: int = 10):
     """A diffusion run's curves from a long (key, step, value) table: the denoising loss (thin: as
-    logged, every ``log_every`` steps; thick: its running mean over ``smooth`` points), and, when the
-    run checked its fidelity, a second panel with the KID curve and its best checkpoint marked.
-    x is the training step."""
+    logged, every ``log_every`` steps; thick: its running mean over ``smooth`` points once there are more
+    points than that), and, when the run checked its fidelity, a second panel with the KID curve and its
+    best checkpoint marked. x is the training step."""
     from plotly.subplots import make_subplots
 
     fidelity = history[history["key"].astype(str).str.startswith(FIDELITY_KEY)]
@@ -129,12 +129,15 @@ def diffusion_curves_figure(history: pd.DataFrame, smooth: int = 10):
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=titles)
     h = history[history["key"] == "loss"].sort_values("step")
     if not h.empty:
-        fig.add_scatter(x=h["step"], y=h["value"], mode="lines", name="loss", row=1, col=1,
-                        line=dict(width=1, color="#56B4E9"))
-        mean = h["value"].rolling(smooth, min_periods=1).mean()
-        fig.add_scatter(x=h["step"], y=mean, mode="lines", name=f"running mean ({smooth} points)", row=1, col=1,
-                        line=dict(width=3, color="#0072B2"))
+        long = len(h) > smooth
+        fig.add_scatter(x=h["step"], y=h["value"], mode="lines" if long else "lines+markers", name="loss", row=1,
+                        col=1, line=dict(width=1, color="#56B4E9") if long else dict(width=2.5, color="#0072B2"))
+        if long:   # a short curve is clearer without a lagging mean over it
+            mean = h["value"].rolling(smooth, min_periods=1).mean()
+            fig.add_scatter(x=h["step"], y=mean, mode="lines", name=f"running mean ({smooth} points)", row=1,
+                            col=1, line=dict(width=3, color="#0072B2"))
     _add_fidelity_traces(fig, fidelity, 2)
+    fig.update_xaxes(rangemode="tozero")   # from step 0, so a short curve has whole-step ticks
     fig.update_xaxes(title_text="training step", row=rows, col=1)
     fig.update_layout(height=300 * rows, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return fig

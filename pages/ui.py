@@ -171,7 +171,7 @@ def job_progress(job) -> None:
                                                  f"/{s.get('epochs', '?')}{rate}{eta_text}")
     elif job.active and s.get("eta_s") is not None and (s.get("config") or {}).get("max_seconds"):
         budget = s["config"]["max_seconds"]   # a time budget alone: progress by time
-        rate = f" · {s['img_per_s']:.0f} img/s" if s.get("img_per_s") else ""
+        rate = f" · {s['img_per_s']:.3g} img/s" if s.get("img_per_s") else ""
         st.progress(min(1.0, max(0.0, 1 - s["eta_s"] / budget)),
                     text=f"step {step} · time budget {budget / 60:.1f} min{rate} · ETA {s['eta_s'] / 60:.1f} min")
     if s.get("losses"):

@@ -106,3 +106,22 @@ def test_a_real_tiny_job_trains_and_its_grids_show_live_and_from_mlflow(diffusio
     assert any(run_id in str(c.value) and "UNet width 8" in str(c.value) for c in at.caption)
     at.select_slider(key=f"diff_epoch_past_{run_id}").set_value(1).run()   # back to the first grid
     assert any("Fixed-noise samples after step 2" in str(i.proto) for i in at.get("image"))
+
+
+def test_the_loss_chart_smooths_long_curves_and_adds_the_kid_panel_when_checked():
+    import pandas as pd
+
+    from core.charts import diffusion_curves_figure
+
+    loss = pd.DataFrame({"key": "loss", "step": range(10, 310, 10), "value": [1 / (i + 1) for i in range(30)]})
+    kid = pd.DataFrame({"key": ["fidelity_kid"] * 3 + ["fidelity_kid/Osteophytes"] * 3, "step": [100, 200, 300] * 2,
+                        "value": [0.1, 0.04, 0.07] * 2})
+    short = diffusion_curves_figure(loss.head(4))
+    assert [(t.name, t.mode) for t in short.data] == [("loss", "lines+markers")]   # 4 points: no lagging mean
+    full = diffusion_curves_figure(pd.concat([loss, kid]))
+    assert [t.name for t in full.data] == ["loss", "running mean (10 points)", "KID Osteophytes",
+                                           "KID (mean over classes)", "best checkpoint"]
+    best = full.data[-1]
+    assert (list(best.x), list(best.y)) == ([200], [0.04])
+    assert list(full.data[1].y[-3:]) == pytest.approx([sum(1 / (i + 1) for i in range(k - 10, k)) / 10
+                                                       for k in (28, 29, 30)])
