@@ -217,7 +217,9 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
                                            checks=result.fidelity["checks"],
                                            **({"max_real": config.diffusion_quality_real} if diffusion else {}))
                 fidelity.write_quality(folder, q)
-                log(f"  {variant}: best checkpoint at step {q['best_step']} ({q['checks']} checks): KID {q['kid']:.4g}, "
+                which = (f"best checkpoint at step {q['best_step']} ({q['checks']} checks)" if result.best_checkpoint
+                         else f"last checkpoint (step {q['best_step']})")
+                log(f"  {variant}: {which}: KID {q['kid']:.4g}, "
                     f"precision {q['precision']:.2f}, recall {q['recall']:.2f}: "
                     + ("usable" if q["usable"] else f"NOT USABLE ({q['reason']})"))
                 if run is not None:
