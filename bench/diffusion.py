@@ -24,6 +24,8 @@ smaller of the two (both halves must meet the target).
     python bench/diffusion.py                                 # CPU: width 16, batch 8 (minutes)
     python bench/diffusion.py --precision fp32                # CPU without native bf16: fp32 forced
     python bench/diffusion.py --device cuda                   # GPU: width 32, batch 64
+On a CPU shared with other work, ``--threads 1`` gives steadier rounds (2 threads on 2 busy cores
+swung 20x between turns here; 1 thread stayed within 15%).
 Last line: ``diffusion: ratio=<min of training and sampling> target=1.5`` (the target applies to GPUs).
 """
 import argparse
@@ -211,6 +213,8 @@ def main() -> None:
     print(f"load average at end {os.getloadavg()[0]:.1f}; ratio = the smaller of training and sampling")
     if ratio < 1.0:
         print(f"the project's path is SLOWER than the reference here ({ratio:.2f}x) on {device}.")
+    elif ratio < 1.1:
+        print(f"the project's path is NOT faster than the reference here ({ratio:.2f}x, within noise) on {device}.")
     if not gpu:
         print(f"the target {TARGET}x applies to GPUs; on this CPU the measured ratio is printed as it is.")
     print(f"diffusion: ratio={ratio:.2f} target={TARGET}")
