@@ -206,9 +206,10 @@ def main() -> None:
     print(f"ours: precision {a.precision} -> {mode}{', fused AdamW' if gpu else ''}; reference: fp32 eager")
     for what, name in (("train", "training"), ("sample", "DDIM sampling")):
         ref, our = rates[(what, "reference")], rates[(what, "ours")]
-        ratios[what] = statistics.median(o / b for o, b in zip(our, ref))
+        paired = [o / b for o, b in zip(our, ref)]
+        ratios[what] = statistics.median(paired)
         print(f"{name:<14} reference {statistics.median(ref):8.2f} img/s   ours {statistics.median(our):8.2f} img/s   "
-              f"median paired ratio {ratios[what]:.2f}x (rounds: {', '.join(f'{o / b:.2f}' for o, b in zip(our, ref))})")
+              f"median paired ratio {ratios[what]:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in paired)})")
     ratio = min(ratios.values())
     print(f"load average at end {os.getloadavg()[0]:.1f}; ratio = the smaller of training and sampling")
     if ratio < 1.0:
