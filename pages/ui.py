@@ -30,8 +30,10 @@ PAGES = (
 WORKFLOW = (
     ("Data", "Load the phantom, VinDr-SpineXR or your own folders; see class balance.", "pages/dataset.py"),
     ("Augment", "Tune the classic augmentations with sliders and build an augmented set.", "pages/augment.py"),
-    ("GAN", "Train DCGAN / WGAN / WGAN-GP on scarce classes; synthesise minority images.", "pages/gan.py"),
-    ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit.", "pages/quality.py"),
+    ("Generate", "Train GANs (DCGAN / WGAN / WGAN-GP) or a diffusion model on scarce classes, explore what they "
+                 "learned, and synthesise minority images.", "pages/gan.py"),
+    ("Quality", "Score synthetic images: SSIM, PSNR, FID/KID, memorization audit; blinded reader studies.",
+     "pages/quality.py"),
     ("Classify", "Train VGG16, GoogLeNet, ResNet-18 or a small CNN on real vs. augmented data.", "pages/classify.py"),
     ("Compare", "Compare runs side by side and export reports from MLflow.", "pages/runs.py"),
 )
