@@ -56,7 +56,7 @@ def texts(at) -> str:
 def test_home_shows_purpose_workflow_and_dataset(app, small_phantom):
     page = texts(app)
     assert "MedAug Studio" in page
-    for step in ("Data", "Augment", "GAN", "Quality", "Classify", "Compare"):
+    for step in ("Data", "Augment", "Generate", "Quality", "Classify", "Compare"):
         assert f". {step}**" in page
     assert small_phantom.id in page
     assert len(app.get("plotly_chart")) == 1
