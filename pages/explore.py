@@ -21,7 +21,8 @@ st.title("Explore a generator")
 ui.synthetic_badge(ds)
 st.caption("Walk a trained GAN's or diffusion model's noise space, see one noise drawn as every class, and put any "
            "sample beside its nearest real training images to check it for copying. Sampling runs here, in the "
-           "page: a diffusion model costs about half a second per image on a CPU, so keep the frame counts small.")
+           "page: a GAN draws hundreds of images a second, a diffusion model runs its UNet once per DDIM step "
+           "(twice with guidance) for every image, so on a CPU keep the frames and steps few.")
 
 
 # --- cached calls into core.explorer (keyed on the checkpoint's path and mtime and the inputs) ----------
@@ -67,13 +68,20 @@ def sampling(n: int) -> str:
     if gen.family == "gan":
         return f"Sampling {n} images…"
     o = gen.options(steps, guidance)
-    return (f"Sampling {n} images: DDIM {o['steps']} steps, guidance {o['guidance']:g} (about half a second per "
-            f"image per 25 steps on a CPU)…")
+    passes = n * o["steps"] * (2 if gen.conditional and o["guidance"] != 1 else 1)   # guidance: a second pass
+    return f"Sampling {n} images: DDIM {o['steps']} steps, guidance {o['guidance']:g}, {passes} UNet passes…"
 
 
 def enlarge(image: np.ndarray) -> np.ndarray:
     f = max(1, SHOW_PX // image.shape[0])
     return np.repeat(np.repeat(image, f, axis=0), f, axis=1)
+
+
+def draw_strip(images, captions: list[str], slots: int | None = None) -> None:
+    """Images side by side in equal columns (``slots`` of them: a shorter row keeps the same image size)."""
+    cols = st.columns(slots or len(images))
+    for col, image, caption in zip(cols, images, captions):
+        col.image(enlarge(image), caption=caption, width="stretch")
 
 
 # --- the checkpoint -------------------------------------------------------------------------------------
@@ -108,9 +116,9 @@ except (ValueError, OSError) as e:   # CheckpointError is a ValueError; the mess
     st.stop()
 
 ckey = hashlib.sha1(str(path).encode()).hexdigest()[:8]   # per-checkpoint widget keys: defaults follow the model
-st.markdown(f"**{gen.describe()}** · run `{gen.run_id}` · `{path}`")
-if gen.conditional:
-    st.caption(f"Conditional over {len(gen.classes)} classes: {', '.join(gen.classes)}.")
+st.markdown(f"**{gen.describe()}**")
+classes_text = f"Conditional over {len(gen.classes)} classes: {', '.join(gen.classes)}. " if gen.conditional else ""
+st.caption(f"{classes_text}Run `{gen.run_id}` · `{path}`")
 steps = guidance = None
 if gen.family == "diffusion":
     c = gen.config
@@ -153,7 +161,7 @@ except ValueError as e:
 t = explorer.path_t(frames)
 captions = [f"A · seed {seed_a}" if i == 0 else f"B · seed {seed_b}" if i == frames - 1 else f"t = {x:.2f}"
             for i, x in enumerate(t)]
-st.image([enlarge(x) for x in images], caption=captions, width=SHOW_PX)
+draw_strip(images, captions)
 
 
 # --- the same noise across classes -----------------------------------------------------------------------
@@ -173,7 +181,7 @@ else:
     with st.spinner(sampling(n_noise * len(gen.classes))):
         rows = sweep(str(path), mtime, sweep_seed, n_noise, steps, guidance)
     for j in range(n_noise):   # core gives (class, noise); shown one noise per row, classes side by side
-        st.image([enlarge(rows[c, j]) for c in range(len(gen.classes))], caption=list(gen.classes), width=SHOW_PX)
+        draw_strip(rows[:, j], list(gen.classes))
 
 
 # --- nearest real images ----------------------------------------------------------------------------------
@@ -202,11 +210,14 @@ def nearest_section() -> None:
     from core.quality.features import domain_encoder, encoder_path
 
     if not encoder_path(ds.content_hash, Q.encoder_size, Q.encoder_epochs, Q.seed).is_file():
-        st.info(f"The domain encoder of **{ds.name}** is not trained yet. It is a small CNN trained once per dataset "
-                f"on its real training split (a minute or so on a CPU) and cached; the Quality page's memorization "
-                f"audit uses the same one.", icon=":material/model_training:")
-        if not st.button("Train it and search", key="ex_nn_train", icon=":material/search:"):
-            return
+        prompt = st.empty()   # the offer goes once it is taken
+        with prompt.container():
+            st.info(f"The domain encoder of **{ds.name}** is not trained yet. It is a small CNN trained once per "
+                    f"dataset on its real training split (a minute or so on a CPU) and cached; the Quality page's "
+                    f"memorization audit uses the same one.", icon=":material/model_training:")
+            if not st.button("Train it and search", key="ex_nn_train", icon=":material/search:"):
+                return
+        prompt.empty()
         bar = st.progress(0.0, text="Training the domain encoder…")
         try:
             domain_encoder(ds, Q.encoder_size, Q.encoder_epochs, Q.seed,
@@ -222,25 +233,23 @@ def nearest_section() -> None:
     except ValueError as e:
         st.error(str(e), icon=":material/error:")
         return
-    cols = st.columns(k + 1)
-    cols[0].image(enlarge(samples[chosen]), caption=f"sample ({tags[chosen]}) · {name or 'no class'}", width=SHOW_PX)
-    for j in range(k):
-        if found.indices[chosen, j] < 0:
-            cols[j + 1].caption("(no more real images of this class)")
-            continue
-        cols[j + 1].image(enlarge(found.images[chosen, j]), width=SHOW_PX,
-                          caption=f"#{j + 1} {found.ids[chosen][j]} · d = {found.distances[chosen, j]:.3g} · "
-                                  f"{found.ratios[chosen, j]:.2f}× median")
-    d, ratio = found.distances[chosen, 0], found.ratios[chosen, 0]
+    shown = [j for j in range(k) if found.indices[chosen, j] >= 0]   # a class may have fewer than k real images
+    draw_strip([samples[chosen], *found.images[chosen, shown]],
+               [f"sample ({tags[chosen]}) · {name or 'no class'}",
+                *[f"#{j + 1} {found.ids[chosen][j]} · d = {found.distances[chosen, j]:.3g} · "
+                  f"{found.ratios[chosen, j]:.2f}× median" for j in shown]], slots=max(k + 1, 6))
+    if len(shown) < k:
+        st.caption(f"Only {len(shown)} real training image(s) of this class.")
+    d, ratio, nearest_id = found.distances[chosen, 0], found.ratios[chosen, 0], found.ids[chosen][0]
     if found.flagged[chosen]:
-        st.warning(f"**Possible copy.** This sample is {d:.3g} from training image {found.ids[chosen][0]}, under the "
-                   f"memorization audit's threshold of {found.threshold:.3g} ({ratio:.2f}× the class's median "
-                   f"real-to-real distance). Compare the two images before using this generator's output.",
+        st.warning(f"**Possible copy.** Its nearest real training image, {nearest_id}, is at d = {d:.3g}, "
+                   f"{ratio:.2f}× the class's median real-to-real distance: under the memorization audit's threshold "
+                   f"of d = {found.threshold:.3g}. Compare the two images before using this generator's output.",
                    icon=":material/content_copy:")
     else:
-        st.success(f"No near-copy: the nearest real image is {ratio:.2f}× the class's median real-to-real distance "
-                   f"away (the audit flags below {found.threshold:.3g}, here d = {d:.3g}).",
-                   icon=":material/verified_user:")
+        st.success(f"No near-copy. Its nearest real training image, {nearest_id}, is at d = {d:.3g}, {ratio:.2f}× "
+                   f"the class's median real-to-real distance; the memorization audit flags below "
+                   f"d = {found.threshold:.3g}.", icon=":material/verified_user:")
     if len(samples) > 1:
         st.dataframe({"frame": tags, "nearest real": [row[0] for row in found.ids],
                       "distance": found.distances[:, 0].round(4), "× median": found.ratios[:, 0].round(3),

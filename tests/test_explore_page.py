@@ -65,13 +65,13 @@ def media(monkeypatch) -> dict[str, bytes]:
     return files
 
 
-def strips(at) -> list[list[str]]:
-    """Each st.image call on the page: the captions of its images, in order."""
-    return [[img.caption for img in e.proto.imgs] for e in at.get("image")]
+def captions(at) -> list[str]:
+    """The caption of every image on the page, in order (the strips draw one image per column)."""
+    return [e.proto.imgs[0].caption for e in at.get("image")]
 
 
-def pixels(at, media, strip: int, i: int) -> np.ndarray:
-    url = at.get("image")[strip].proto.imgs[i].url
+def pixels(at, media, i: int) -> np.ndarray:
+    url = at.get("image")[i].proto.imgs[0].url
     return np.asarray(Image.open(io.BytesIO(media[Path(url).stem])).convert("L"))
 
 
@@ -93,24 +93,24 @@ def test_explore_a_gan_and_a_diffusion_model(small_phantom, generator_jobs, monk
     page = texts(at)
     assert "dcgan (gan, conditional) at 32 px" in page and ", ".join(classes) in page
     assert not [s for s in at.slider if s.label in ("DDIM steps", "Guidance")]   # diffusion only
-    shown = strips(at)
-    assert shown[0][0] == "A · seed 0" and shown[0][-1] == "B · seed 1" and len(shown[0]) == 8
-    assert shown[1] == list(classes)   # one noise drawn as every class, side by side
-    assert pixels(at, media, 0, 0).shape == (128, 128)   # 32 px enlarged 4x, crisp
+    shown, c = captions(at), len(classes)
+    assert shown[0] == "A · seed 0" and shown[7] == "B · seed 1" and shown[1] == "t = 0.14"
+    assert shown[8:8 + c] == list(classes)   # one noise drawn as every class, side by side
+    assert pixels(at, media, 0).shape == (128, 128)   # 32 px enlarged 4x, crisp
 
     at.slider(key="ex_frames").set_value(4).run()
-    assert len(strips(at)[0]) == 4
+    assert captions(at)[3] == "B · seed 1" and captions(at)[4:4 + c] == list(classes)
     at.slider(key="ex_sweep_n").set_value(2).run()
-    assert [len(s) for s in strips(at)[1:3]] == [len(classes)] * 2
+    assert captions(at)[4:4 + 2 * c] == list(classes) * 2
 
     # nearest real images: the encoder is trained on request, then the sample and its 3 neighbours
     assert at.button(key="ex_nn_train")
     at.button(key="ex_nn_train").click().run()
     assert not at.exception, at.exception
-    nearest = strips(at)[-4:]
-    assert nearest[0][0].startswith("sample (")
-    assert all(s[0].startswith(f"#{j + 1} ") for j, s in enumerate(nearest[1:]))
-    assert "d = " in nearest[1][0] and "× median" in nearest[1][0]
+    nearest = captions(at)[4 + 2 * c:]
+    assert len(nearest) == 4 and nearest[0] == "sample (t = 0.67) · " + classes[0]   # the middle frame
+    assert all(s.startswith(f"#{j + 1} ") for j, s in enumerate(nearest[1:]))
+    assert "d = " in nearest[1] and "× median" in nearest[1]
     assert at.success or at.warning
     table = at.dataframe[0].value
     assert len(table) == 4 and list(table["frame"])[0] == "A · seed 0"
@@ -118,7 +118,7 @@ def test_explore_a_gan_and_a_diffusion_model(small_phantom, generator_jobs, monk
     assert set(table["nearest real"]) <= train
     at.radio(key="ex_nn_source").set_value("A new sample").run()   # encoder cached now: no button
     assert not at.exception and "ex_nn_train" not in [b.key for b in at.button]
-    assert strips(at)[-4][0].startswith("sample (seed 100)")
+    assert captions(at)[-4].startswith("sample (seed 100)")
 
     if "diffusion" not in labels:
         return
@@ -127,10 +127,10 @@ def test_explore_a_gan_and_a_diffusion_model(small_phantom, generator_jobs, monk
     assert "ddpm (diffusion, conditional) at 32 px" in texts(at)
     steps = next(s for s in at.slider if s.label == "DDIM steps")
     assert steps.value == 2 and next(s for s in at.slider if s.label == "Guidance").value == 2.0
-    first = pixels(at, media, 0, 0)
+    first = pixels(at, media, 0)
     steps.set_value(3).run()
-    assert not at.exception and len(strips(at)[0]) == 4
-    assert not np.array_equal(first, pixels(at, media, 0, 0))   # the DDIM steps reach the sampler
+    assert not at.exception and captions(at)[3] == "B · seed 1"
+    assert not np.array_equal(first, pixels(at, media, 0))   # the DDIM steps reach the sampler
 
 
 def test_a_typed_path_that_is_no_checkpoint_says_what_to_do(small_phantom, monkeypatch, tmp_path):
