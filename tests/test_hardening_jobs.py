@@ -231,7 +231,7 @@ def test_write_json_final_overwrites_in_place_when_no_new_file_fits(tmp_path, mo
 
 def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp_path, monkeypatch, capsys):
     """The checkpoint write fails with ENOSPC, and from then on no new file can be created."""
-    import core.gan.train
+    import core.checkpoints
     import core.tracked
 
     full = {"now": False}
@@ -247,7 +247,7 @@ def test_train_gan_on_a_full_disk_ends_failed_with_the_reason(small_phantom, tmp
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(files, "write_json_atomic", atomic)
     monkeypatch.setattr(core.tracked, "write_json_atomic", atomic)
-    monkeypatch.setattr(core.gan.train, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(core.checkpoints, "save", save_checkpoint)   # every trainer saves through it
     out = tmp_path / "job"
     assert main(["train-gan", "--data", str(small_phantom.root), "--out", str(out), *TINY_GAN,
                  "--max-steps", "10"]) == 2
