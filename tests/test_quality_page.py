@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quality_page_compares_two_gan_runs(small_phantom, monkeypatch):
+    import streamlit as st
+
     runs = tiny_gan_runs(small_phantom.root)
+    st.cache_data.clear()   # the page caches its source list for 10 s: an earlier test's list must not answer
     monkeypatch.setenv("MEDAUG_DATASET", str(small_phantom.root))
     monkeypatch.setattr(jobs, "schedule", lambda: [])   # queued, never started: the CLI is tested in test_quality.py
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
