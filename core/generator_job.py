@@ -39,6 +39,17 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
     return train.images, train.class_indices(classes), classes
 
 
+def check_fidelity_data(ds) -> None:
+    """The fidelity check's domain encoder is a classifier: it needs real training images of 2+ classes."""
+    from core.data.manifest import real_rows
+
+    df = ds.manifest
+    real_classes = set(df["label"][(df["split"] == "train").to_numpy() & real_rows(df)])
+    if len(real_classes) < 2:
+        raise ValueError(f"--fidelity-every: {ds.root} has real training images of {len(real_classes)} class(es); "
+                         f"the fidelity check's domain encoder needs 2 or more. Drop --fidelity-every.")
+
+
 def progress_callbacks(run, status, config, spe: int, total: int):
     """(on_step, on_epoch) for :func:`core.trainloop.train_generator`; ``config`` has ``batch`` and
     ``max_seconds``; ``spe`` is the steps between checkpoints."""

@@ -87,6 +87,30 @@ FidelityFn = Callable[[SampleFn], Mapping]        # sample -> {"kid": float, ...
 FidelityCallback = Callable[[int, dict], None]    # (step, the check's dict + best_kid, best_step, improved)
 
 
+def check_loop_fields(c) -> None:
+    """Validate the fields every generator config shares with this loop (device, threads, precision,
+    log_every, grid_size, max_abs_loss, fidelity_every, fidelity_patience); a ValueError names the field."""
+    from core.device import PRECISIONS, check_device_name
+
+    check_device_name(c.device)
+    if c.threads is not None and not 1 <= c.threads <= 1024:
+        raise ValueError(f"threads={c.threads}: choose between 1 and 1024, or None for torch's default.")
+    if c.precision not in PRECISIONS:
+        raise ValueError(f"precision={c.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if not 1 <= c.log_every <= 10_000:
+        raise ValueError(f"log_every={c.log_every}: choose between 1 and 10000 steps.")
+    if not 1 <= c.grid_size <= 256:
+        raise ValueError(f"grid_size={c.grid_size}: choose between 1 and 256 images.")
+    if not c.max_abs_loss > 0:
+        raise ValueError(f"max_abs_loss={c.max_abs_loss}: must be positive.")
+    if c.fidelity_every is not None and not 1 <= c.fidelity_every <= 1_000_000:
+        raise ValueError(f"fidelity_every={c.fidelity_every}: choose between 1 and 1000000 steps, or None.")
+    if c.fidelity_patience is not None and not 1 <= c.fidelity_patience <= 10_000:
+        raise ValueError(f"fidelity_patience={c.fidelity_patience}: choose between 1 and 10000 checks, or None.")
+    if c.fidelity_patience is not None and c.fidelity_every is None:
+        raise ValueError("fidelity_patience needs fidelity_every: a plateau is counted in fidelity checks.")
+
+
 def diverged(metrics: Mapping[str, float], limit: float) -> str | None:
     """A sentence naming the first bad metric, or None when every value is finite and in range."""
     for name, value in metrics.items():

@@ -22,9 +22,9 @@ def validate(fields: dict):
     """(job keys, DiffusionConfig fields, dataset) once every check that needs no pixels has passed.
     The command runs it first; :func:`core.jobs.submit` runs it before a job is queued."""
     from core.data.datasets import load_dataset
-    from core.data.manifest import real_rows
     from core.device import resolve_device
     from core.diffusion.train import DiffusionConfig
+    from core.generator_job import check_fidelity_data
 
     fields = dict(fields)
     if "class_name" in fields:
@@ -48,11 +48,7 @@ def validate(fields: dict):
         raise ValueError(f"--class {job['class']!r}: not a class of {ds.root}; its classes are "
                          f"{', '.join(ds.classes)}.")
     if fields.get("fidelity_every"):
-        df = ds.manifest
-        real_classes = set(df["label"][(df["split"] == "train").to_numpy() & real_rows(df)])
-        if len(real_classes) < 2:
-            raise ValueError(f"--fidelity-every: {ds.root} has real training images of {len(real_classes)} class(es); "
-                             f"the fidelity check's domain encoder needs 2 or more. Drop --fidelity-every.")
+        check_fidelity_data(ds)
     return job, fields, ds
 
 

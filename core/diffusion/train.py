@@ -24,10 +24,11 @@ import torch
 
 from core import checkpoints, distributed
 from core.config import DictConfig
-from core.device import PRECISIONS, check_device_name, images_to_tensor, resolve_device, set_threads, use_bf16
+from core.device import images_to_tensor, resolve_device, set_threads, use_bf16
 from core.diffusion.ddim import check_sampling, ddim_sample, to_uint8
 from core.diffusion.models import PREDICTIONS, RESOLUTIONS, SCHEDULES, build_unet, training_scheduler
 from core.trainloop import (BEST_FILE, CHECKPOINT_FILE, GRIDS_DIR, EpochCallback,  # noqa: F401 -- re-exported
+                            check_loop_fields,
                             FidelityCallback, FidelityFn, StepCallback, TrainResult, to_grid, train_generator)
 
 CHECKPOINT_FORMAT = "medaug-diffusion-checkpoint/1"
@@ -105,23 +106,7 @@ class DiffusionConfig(DictConfig):
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop={self.cond_drop}: choose a share in [0, 1), e.g. 0.15.")
         check_sampling(self.sample_steps, self.guidance, self.timesteps)
-        check_device_name(self.device)
-        if self.threads is not None and not 1 <= self.threads <= 1024:
-            raise ValueError(f"threads={self.threads}: choose between 1 and 1024, or None for torch's default.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
-        if not 1 <= self.log_every <= 10_000:
-            raise ValueError(f"log_every={self.log_every}: choose between 1 and 10000 steps.")
-        if not 1 <= self.grid_size <= 256:
-            raise ValueError(f"grid_size={self.grid_size}: choose between 1 and 256 images.")
-        if not self.max_abs_loss > 0:
-            raise ValueError(f"max_abs_loss={self.max_abs_loss}: must be positive.")
-        if self.fidelity_every is not None and not 1 <= self.fidelity_every <= 1_000_000:
-            raise ValueError(f"fidelity_every={self.fidelity_every}: choose between 1 and 1000000 steps, or None.")
-        if self.fidelity_patience is not None and not 1 <= self.fidelity_patience <= 10_000:
-            raise ValueError(f"fidelity_patience={self.fidelity_patience}: choose between 1 and 10000 checks, or None.")
-        if self.fidelity_patience is not None and self.fidelity_every is None:
-            raise ValueError("fidelity_patience needs fidelity_every: a plateau is counted in fidelity checks.")
+        check_loop_fields(self)
 
     @property
     def variant(self) -> str:
