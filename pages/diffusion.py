@@ -2,7 +2,7 @@
 job, watch its loss and fixed-noise grids live, and browse finished runs from MLflow."""
 import streamlit as st
 
-from core import jobs, runs
+from core import jobs
 from core.charts import diffusion_curves_figure
 from pages import ui
 
@@ -109,13 +109,10 @@ def live_panel() -> None:
 
 
 def past_runs() -> None:
-    by_id = {r.run_id: r for r in runs.run_summaries("train-diffusion", max_results=100)}
-    if not by_id:
-        st.info("No diffusion runs in the tracking store yet.")
+    run = ui.pick_past_run("train-diffusion", key="diff_past_run", empty="No diffusion runs in the tracking store yet.")
+    if run is None:
         return
-    run_id = st.selectbox("Run", list(by_id), key="diff_past_run",   # status DIED: its process is gone
-                          format_func=lambda i: f"{by_id[i].name} — {by_id[i].status} · {by_id[i].dataset_id}")
-    run = by_id[run_id]
+    run_id = run.run_id
     p = run.params
     st.caption(f"Run `{run_id}` · dataset `{run.dataset_id or None}` · {p.get('resolution')} px · UNet width "
                f"{p.get('width')} · batch {p.get('batch')} · "

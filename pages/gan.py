@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import jobs, runs
+from core import jobs
 from core.balance import class_balance_plan
 from core.charts import balance_plan_figure, gan_curves_figure
 from core.gan.variants import VARIANTS
@@ -89,13 +89,10 @@ def live_panel() -> None:
 
 
 def past_runs() -> None:
-    by_id = {r.run_id: r for r in runs.run_summaries("train-gan", max_results=100)}
-    if not by_id:
-        st.info("No GAN runs in the tracking store yet.")
+    run = ui.pick_past_run("train-gan", key="gan_past_run", empty="No GAN runs in the tracking store yet.")
+    if run is None:
         return
-    run_id = st.selectbox("Run", list(by_id), key="gan_past_run",   # status DIED: its process is gone
-                          format_func=lambda i: f"{by_id[i].name} — {by_id[i].status} · {by_id[i].dataset_id}")
-    run = by_id[run_id]
+    run_id = run.run_id
     st.caption(f"Run `{run_id}` · dataset `{run.dataset_id or None}` · "
                f"variant {run.params.get('variant')} · {run.params.get('resolution')} px")
     run_view(None, run_id, "past")

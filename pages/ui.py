@@ -188,6 +188,20 @@ def job_progress(job) -> None:
         st.code(job.log_tail(40) or "(empty)", language=None)
 
 
+def pick_past_run(kind: str, *, key: str, empty: str):
+    """A select box over the tracking store's runs of ``kind`` (newest first); the chosen
+    :class:`core.runs.RunSummary`, or None (with ``empty`` shown) when there are none."""
+    from core import runs
+
+    by_id = {r.run_id: r for r in runs.run_summaries(kind, max_results=100)}
+    if not by_id:
+        st.info(empty)
+        return None
+    run_id = st.selectbox("Run", list(by_id), key=key,   # status DIED: its process is gone
+                          format_func=lambda i: f"{by_id[i].name} — {by_id[i].status} · {by_id[i].dataset_id}")
+    return by_id[run_id]
+
+
 def live_jobs_panel(commands: Iterable[str], render: Callable, *, pick_key: str, empty: str) -> None:
     """A picker over the background jobs running ``commands`` (newest first) and the chosen one drawn
     by ``render(job)``, redrawn every 2 s while it is active; the page reruns once when it ends.
