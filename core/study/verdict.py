@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from core.study.grid import AUG_SETS
+from core.study.grid import AUG_SETS, DIFFUSION
 
 METRIC_NAMES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
                 "macro_auroc": "macro AUROC"}
@@ -36,11 +36,16 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _generator_name(variant: str) -> str:
+    """"DCGAN", "WGAN-GP" (acronyms), but "diffusion" (a word)."""
+    return variant if variant == DIFFUSION else variant.upper()
+
+
 def _label(set_key: str) -> str:
     if set_key in AUG_SETS:
         aug = AUG_SETS[set_key]
         if aug.kind == "tstr":
-            return f"training on {aug.variant.upper()} images alone (TSTR)"
+            return f"training on {_generator_name(aug.variant)} images alone (TSTR)"
         if aug.kind == "gan":
             return f"{aug.label.replace(' synthetic', '')} images"
         if aug.kind == "classic":
@@ -119,7 +124,7 @@ def verdict_text(table: pd.DataFrame, dataset_meta: dict | None = None, sensitiv
             out.append(f"{lead}Not tested ({why}): {_join([_label(s) for s in untested['set']])}; their Δ is a "
                        f"difference of seed means.")
         for r in tstr.itertuples():
-            variant = AUG_SETS[r.set].variant.upper() if r.set in AUG_SETS else r.set
+            variant = _generator_name(AUG_SETS[r.set].variant) if r.set in AUG_SETS else r.set
             out.append(f"{lead}TSTR (train on {variant} images only, test on real): {mname} {r.mean:.2f} against "
                        f"{base_mean:.2f} for real only, Δ {fmt_delta(r.delta, r.delta_lo, r.delta_hi)} "
                        f"({fmt_p(r.p_holm)}, Holm): {r.verdict.removeprefix('utility: ')}.")
