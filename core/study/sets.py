@@ -189,7 +189,7 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
         index = {c: i for i, c in enumerate(gcfg.classes)}
         labels = np.array([index[splits.class_names[y]] for y in splits.train_y], dtype=np.int64)
         noun = "diffusion model" if diffusion else "GAN"
-        log(f"  training the {variant} {noun} (conditional, {len(gcfg.classes)} classes) on {len(labels)} training "
+        log(f"  training the {noun if diffusion else f'{variant} {noun}'} (conditional, {len(gcfg.classes)} classes) on {len(labels)} training "
             f"images: {gcfg.max_steps} steps" + (f" or {gcfg.max_seconds:g} s" if gcfg.max_seconds else "")
             + f" at {gcfg.resolution} px, width {gcfg.width} -> {folder}")
         meta = {"study_train_hash": splits.train_hash, "variant": variant}
