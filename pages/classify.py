@@ -71,7 +71,7 @@ def study_form() -> None:
     n = len(cells(config))
     gans = config.gan_variants()
     st.caption(f"**{n} cells** ({len(config.sets)} sets × {len(config.networks)} networks × {len(config.seeds)} seeds)"
-               + (f", plus one {', '.join(gans)} GAN each" if gans else "") + f". Dataset `{ds.id}`.")
+               + (f", plus one generator each: {', '.join(gans)}" if gans else "") + f". Dataset `{ds.id}`.")
     job = ui.launch_button("study", fields, "Launch study", label=f"study · {name} · {n} cells", key="st_launch")
     if job is not None:
         launched(job)

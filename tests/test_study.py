@@ -164,7 +164,10 @@ def test_fan_out_through_run_cell_rebuilds_the_same_table(spied_study, small_pha
             else:
                 assert row[k] == pytest.approx(want[row["set"]][k], abs=1e-12), (row, want[row["set"]])
         assert row["verdict"] == want[row["set"]]["verdict"]
-    assert pd.read_csv(tmp_path / "fan.csv", index_col=0).equals(pd.read_csv(summary["results_csv"], index_col=0))
+    # the generator's KID interval comes from matrix products whose rounding depends on the BLAS thread count
+    # of the process that measured it (1e-16 apart between this process and the subprocess on an AMD EPYC)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "fan.csv", index_col=0),
+                                  pd.read_csv(summary["results_csv"], index_col=0), check_exact=False, rtol=1e-9)
 
 
 def test_resume_skips_finished_cells(small_phantom, tmp_path, monkeypatch):
@@ -253,8 +256,9 @@ def test_grid_and_presets():
     assert len(CLASSIC_OPS) == 7
     paper = preset("paper")
     assert set(paper.networks) == {"vgg16", "inception_v3"} and len(paper.seeds) == 3
-    assert set(paper.sets) == set(AUG_SETS) and len(cells(paper)) == len(AUG_SETS) * 2 * 3 == 16 * 2 * 3
-    assert paper.gan_variants() == ("dcgan", "wgan", "wgan-gp")
+    assert set(paper.sets) == set(AUG_SETS) and len(cells(paper)) == len(AUG_SETS) * 2 * 3 == 18 * 2 * 3
+    assert {"diffusion", "tstr-diffusion"} <= set(paper.sets) and paper.diffusion_width == 64
+    assert paper.gan_variants() == ("dcgan", "wgan", "wgan-gp", "diffusion")
     standard = preset("standard")
     assert standard.seeds == (0, 1, 2) and standard.networks == ("small_cnn",) and standard.image_size == 64
     assert set(CLASSIC_OPS) <= set(standard.sets) and {"dcgan", "wgan", "tstr-dcgan", "tstr-wgan"} <= set(standard.sets)
