@@ -24,6 +24,11 @@ def wait_progress(page, done: int, total: int, timeout_ms: int = 30_000) -> None
     page.wait_for_function(f"() => document.body.innerText.includes('{done} / {total}')", timeout=timeout_ms)
 
 
+def idle(page, timeout_ms: int = 60_000) -> None:
+    """Wait until Streamlit is not running the page's script (its status widget is gone)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
 def read_with_the_keyboard(page, url: str, study, reader: str, n: int, shots: Path | None = None) -> float:
     """Open the study, type the name, answer ``n`` images with the keyboard (confidence 1-5 then an
     arrow); returns the seconds per image (page round trips only: no human in the loop)."""
@@ -37,10 +42,12 @@ def read_with_the_keyboard(page, url: str, study, reader: str, n: int, shots: Pa
     page.evaluate("document.activeElement.blur()")   # leave the text box: shortcuts do not fire inside inputs
     t0 = time.perf_counter()
     for i in range(n):
+        idle(page)   # a key pressed while the script still reruns can be lost on a loaded machine
         page.keyboard.press(str(1 + i % 5))
         page.wait_for_function(f"() => [...document.querySelectorAll('button[kind=primary], button[data-testid="
                                f"\"stBaseButton-primary\"]')].some(b => b.innerText.trim().startsWith('{1 + i % 5}'))",
                                timeout=30_000)
+        idle(page)
         page.keyboard.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
         wait_progress(page, i + 1, total)
         if shots is not None and i == 2:
