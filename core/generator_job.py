@@ -39,6 +39,43 @@ def training_images(ds, resolution: int, class_name: str | None, conditional: bo
     return train.images, train.class_indices(classes), classes
 
 
+JOB_KEYS = ("data", "out", "resume", "class")   # --config keys of a generator job that are not config fields
+
+
+def validate_job(fields: dict, command: str, config_cls, *, needs_class: bool = False, extra=None):
+    """(job keys, config fields, dataset) of a ``train-gan`` / ``train-diffusion`` job once every check
+    that needs no pixels has passed: required keys, --class against --conditional, the config's values
+    (``config_cls.from_dict``), the device, the data folder, the class, the fidelity check's data.
+    ``needs_class``: a model must learn a class (one, or all conditionally); ``extra(fields)`` runs the
+    command's own checks before the dataset is read."""
+    from core.data.datasets import load_dataset
+    from core.device import resolve_device
+
+    fields = dict(fields)
+    if "class_name" in fields:
+        fields["class"] = fields.pop("class_name")
+    job = {k: fields.pop(k, None) for k in JOB_KEYS}
+    for key in ("data", "out"):
+        if not job[key]:
+            raise ValueError(f"{command} needs --{key} (or \"{key}\" in --config).")
+    if job["class"] and fields.get("conditional"):
+        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
+    if needs_class and not job["class"] and not fields.get("conditional"):
+        raise ValueError("give --class NAME (one model of that class) or --conditional (one model for every class): "
+                         "an unlabelled model's images have no class to add to a training set.")
+    config_cls.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
+    resolve_device(fields.get("device") or "auto")           # e.g. --device cuda on a machine without CUDA
+    if extra is not None:
+        extra(fields)
+    ds = load_dataset(job["data"])
+    if job["class"] is not None and job["class"] not in ds.classes:
+        raise ValueError(f"--class {job['class']!r}: not a class of {ds.root}; its classes are "
+                         f"{', '.join(ds.classes)}.")
+    if fields.get("fidelity_every"):
+        check_fidelity_data(ds)
+    return job, fields, ds
+
+
 def check_fidelity_data(ds) -> None:
     """The fidelity check's domain encoder is a classifier: it needs real training images of 2+ classes."""
     from core.data.manifest import real_rows

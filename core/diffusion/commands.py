@@ -15,41 +15,20 @@ from pathlib import Path
 
 from core.cli import job_fields, log
 
-JOB_KEYS = ("data", "out", "resume", "class")
-
-
 def validate(fields: dict):
-    """(job keys, DiffusionConfig fields, dataset) once every check that needs no pixels has passed.
-    The command runs it first; :func:`core.jobs.submit` runs it before a job is queued."""
-    from core.data.datasets import load_dataset
+    """(job keys, DiffusionConfig fields, dataset) once every check that needs no pixels has passed
+    (:func:`core.generator_job.validate_job`; a diffusion model learns one class or all, and 256 px needs
+    a GPU). The command runs it first; :func:`core.jobs.submit` runs it before a job is queued."""
     from core.device import resolve_device
     from core.diffusion.train import DiffusionConfig
-    from core.generator_job import check_fidelity_data
+    from core.generator_job import validate_job
 
-    fields = dict(fields)
-    if "class_name" in fields:
-        fields["class"] = fields.pop("class_name")
-    job = {k: fields.pop(k, None) for k in JOB_KEYS}
-    for key in ("data", "out"):
-        if not job[key]:
-            raise ValueError(f"train-diffusion needs --{key} (or \"{key}\" in --config).")
-    if job["class"] and fields.get("conditional"):
-        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
-    if not job["class"] and not fields.get("conditional"):
-        raise ValueError("give --class NAME (one model of that class) or --conditional (one model for every class): "
-                         "an unlabelled model's images have no class to add to a training set.")
-    DiffusionConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
-    resolve_device(fields.get("device") or "auto")
-    if fields.get("resolution") == 256 and resolve_device(fields.get("device") or "auto").type == "cpu":
-        raise ValueError("resolution=256: a diffusion model at 256 px needs a GPU (--device cuda); on a CPU use 64 "
-                         "or 128 px.")
-    ds = load_dataset(job["data"])
-    if job["class"] is not None and job["class"] not in ds.classes:
-        raise ValueError(f"--class {job['class']!r}: not a class of {ds.root}; its classes are "
-                         f"{', '.join(ds.classes)}.")
-    if fields.get("fidelity_every"):
-        check_fidelity_data(ds)
-    return job, fields, ds
+    def gpu_for_256(fields: dict) -> None:
+        if fields.get("resolution") == 256 and resolve_device(fields.get("device") or "auto").type == "cpu":
+            raise ValueError("resolution=256: a diffusion model at 256 px needs a GPU (--device cuda); on a CPU "
+                             "use 64 or 128 px.")
+
+    return validate_job(fields, "train-diffusion", DiffusionConfig, needs_class=True, extra=gpu_for_256)
 
 
 def cmd_train_diffusion(args) -> dict:

@@ -39,37 +39,14 @@ from pathlib import Path
 
 from core.cli import job_fields, log, progress_printer
 
-# --config keys that are not GanConfig fields
-JOB_KEYS = ("data", "out", "resume", "class")
-
-
 def validate(fields: dict):
     """(job keys, GanConfig fields, dataset) of a train-gan job, once every check that needs no pixels
-    has passed: values, device, data folder, class. The command runs it first; :func:`core.jobs.submit`
+    has passed (:func:`core.generator_job.validate_job`). The command runs it first; :func:`core.jobs.submit`
     runs it before a job is queued."""
-    from core.data.datasets import load_dataset
-    from core.device import resolve_device
     from core.gan.train import GanConfig
-    from core.generator_job import check_fidelity_data
+    from core.generator_job import validate_job
 
-    fields = dict(fields)
-    if "class_name" in fields:
-        fields["class"] = fields.pop("class_name")
-    job = {k: fields.pop(k, None) for k in JOB_KEYS}
-    for key in ("data", "out"):
-        if not job[key]:
-            raise ValueError(f"train-gan needs --{key} (or \"{key}\" in --config).")
-    if job["class"] and fields.get("conditional"):
-        raise ValueError("give --class NAME (one model per class) or --conditional (one model for all), not both.")
-    GanConfig.from_dict({**fields, "conditional": False})   # fail fast on bad values, before loading pixels
-    resolve_device(fields.get("device") or "auto")          # e.g. --device cuda on a machine without CUDA
-    ds = load_dataset(job["data"])
-    if job["class"] is not None and job["class"] not in ds.classes:
-        raise ValueError(f"--class {job['class']!r}: not a class of {ds.root}; its classes are "
-                         f"{', '.join(ds.classes)}.")
-    if fields.get("fidelity_every"):
-        check_fidelity_data(ds)
-    return job, fields, ds
+    return validate_job(fields, "train-gan", GanConfig)
 
 
 def cmd_train_gan(args) -> dict:
