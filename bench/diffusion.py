@@ -32,7 +32,6 @@ import argparse
 import copy
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,17 +42,6 @@ TARGET = 1.5          # on a GPU; on a CPU the ratio is printed as measured
 RESOLUTION = 64
 N_CLASSES = 4
 print = functools.partial(print, flush=True)   # progress shows while a long run goes on
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def main() -> None:
@@ -80,7 +68,7 @@ def main() -> None:
     from monai.networks.schedulers.ddim import DDIMScheduler
     from monai.networks.schedulers.ddpm import DDPMScheduler
 
-    from core.device import native_bf16, resolve_device
+    from core.device import machine_line, resolve_device
     from core.diffusion.ddim import ddim_sample
     from core.diffusion.models import build_unet
     from core.diffusion.train import DiffusionConfig, DiffusionTrainer
@@ -104,9 +92,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     load0 = os.getloadavg()[0]
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, native bf16 on "
-          f"the CPU: {'yes' if native_bf16(torch.device('cpu')) else 'no'}; device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if gpu else ''}; torch {torch.__version__}")
+    print(f"{machine_line(device)}; device {device}")
     print(f"DDPM {RESOLUTION} px, UNet width {width}, {N_CLASSES} classes (conditional), batch {batch}; training: "
           f"{repeats} rounds of {steps}-step turns; sampling: {repeats} rounds of one DDIM batch of {batch} images, "
           f"{sample_steps} steps, guidance {a.guidance:g}; {a.warmup} warm-up turns each; load average {load0:.1f}")

@@ -4,6 +4,8 @@
   "cuda:N"), with a message naming the choices when it is not here.
 - :func:`native_bf16` / :func:`use_bf16`: whether bf16 autocast runs for a ``precision`` setting.
 - :func:`set_threads`: a job's CPU thread count (under torchrun, one share of the cores each).
+- :func:`cpu_model` / :func:`machine_line`: what a benchmark or a training log says about the machine
+  it ran on (CPU model, cores, torch threads, whether bf16 is native; the GPU when one is used).
 - :func:`images_to_tensor`: uint8 pixels (numpy or torch) as a uint8 (N, 1, R, R) tensor, resized
   once, the form every trainer keeps its data in on the device.
 
@@ -11,6 +13,10 @@ It imports only torch and numpy (and :mod:`core.distributed`), so ``core.gan`` a
 ``core.classify`` stay importable on a machine with nothing else.
 """
 from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,6 +57,29 @@ def native_bf16(device: torch.device) -> bool:
         return True
     cpu = getattr(torch, "cpu", None)
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_line(device: torch.device | str | None = None) -> str:
+    """One line naming the machine a figure was measured on, printed by every benchmark:
+    ``machine: CPU <model>, <n> cores, torch threads <t>, native bf16 yes|no[; GPU <name>]; torch <version>``."""
+    cpu = torch.device("cpu")
+    line = (f"machine: CPU {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+            f"native bf16 {'yes' if native_bf16(cpu) else 'no'}")
+    device = torch.device(device) if device is not None else cpu
+    if device.type == "cuda":
+        line += f"; GPU {torch.cuda.get_device_name(device)}"
+    return f"{line}; torch {torch.__version__}"
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:
