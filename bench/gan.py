@@ -75,6 +75,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
+    from core.device import machine_line
     from core.gan.train import GanConfig, GanTrainer
 
     gpu = a.device.startswith("cuda")
@@ -104,6 +105,7 @@ def main() -> None:
                 t.read_stats()
         contenders[mode] = ours
 
+    print(machine_line(a.device))
     print(f"DCGAN 64x64, 1 channel, batch {a.batch}, device {a.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if gpu else ''}, {os.cpu_count()} CPU cores, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; {rounds} rounds of {burst}-step turns "

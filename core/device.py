@@ -94,6 +94,19 @@ def use_bf16(device: torch.device, precision: str) -> bool:
     return CPU_BF16_AUTO and native_bf16(device)
 
 
+def precision_line(device: torch.device, precision: str) -> str:
+    """What a ``precision`` setting runs as on ``device``, and why, for a job's log and its MLflow tags:
+    e.g. ``fp32 (precision auto: AMD EPYC has no native bf16)``."""
+    bf16 = use_bf16(device, precision)
+    ran = "bf16 autocast" if bf16 else "fp32"
+    if precision != "auto":
+        return f"{ran} (precision {precision})"
+    if device.type == "cuda":
+        return f"{ran} (precision auto: a GPU)"
+    why = "native bf16" if native_bf16(device) else "no native bf16"
+    return f"{ran} (precision auto: {cpu_model()} has {why})"
+
+
 def set_threads(threads: int | None, ctx) -> None:
     """CPU threads for this process: ``threads``, else one share of the cores per torchrun rank
     (:func:`core.distributed.default_threads` of ``ctx``), else torch's default (one per core)."""

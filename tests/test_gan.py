@@ -385,8 +385,14 @@ def test_cli_train_gan_and_generate_on_the_phantom(small_phantom, tmp_path, caps
             "--batch", "8", "--width", "8", "--nz", "16", "--class", "No finding", "--max-steps", "4",
             "--steps-per-epoch", "2", "--log-every", "2", "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["ok"] and summary["steps"] == 4 and summary["img_per_s"] > 0
+    from core.device import precision_line
+
+    ran = precision_line(torch.device("cpu"), "auto")   # what auto chose on this machine, and why
+    assert ran.startswith(("fp32 (precision auto: ", "bf16 autocast (precision auto: ")) and "native bf16" in ran
+    assert ran in captured.out + captured.err
     assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"] == str(out / CHECKPOINT_FILE)
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 4 and status["run_id"] == summary["run_id"]
@@ -399,6 +405,7 @@ def test_cli_train_gan_and_generate_on_the_phantom(small_phantom, tmp_path, caps
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["variant"] == "dcgan"
     assert run.data.tags["medaug.dataset_hash"] == small_phantom.content_hash
+    assert run.data.tags["medaug.precision"] == ran
     assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss_d")) == [2, 4]
     assert {f.path for f in c.list_artifacts(run.info.run_id, "grids")} == {"grids/epoch_0001.png", "grids/epoch_0002.png"}
     ckpt = load_checkpoint(out / CHECKPOINT_FILE)

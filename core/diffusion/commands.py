@@ -35,6 +35,7 @@ def cmd_train_diffusion(args) -> dict:
     from core import tracking
     from core.diffusion.train import (CHECKPOINT_FILE, DiffusionConfig, check_resume, load_checkpoint, plan_steps,
                                       train_diffusion, training_fingerprint)
+    from core.device import precision_line, resolve_device
     from core.generator_job import fidelity_callbacks, measure_best, progress_callbacks, training_images
     from core.tracked import tracked_job
 
@@ -61,14 +62,16 @@ def cmd_train_diffusion(args) -> dict:
                      epochs=None if shown_total is None else -(-total // spe), steps_per_epoch=spe, eta_s=None,
                      img_per_s=None, losses={}, checkpoint=None, grid=None, config=config.to_dict()) as tj:
         status = tj.status
+        ran = precision_line(resolve_device(config.device), config.precision)
         log(f"train-diffusion {config.resolution} px on {ds.id} ({what}): {len(images)} training images, batch "
-            f"{config.batch}, UNet width {config.width}, grid + checkpoint every {spe} steps, "
+            f"{config.batch}, UNet width {config.width}, {ran}, grid + checkpoint every {spe} steps, "
             + (f"{total} steps" if shown_total else "") + (f", at most {config.max_seconds:g} s" if config.max_seconds
                                                            else "") + f" -> {out}")
         params = {**config.to_dict(), "data": str(ds.root), "n_images": len(images), "grid_every_steps": spe,
                   "total_steps": shown_total, "out": str(out)}
         tags = {"medaug.generator.family": "diffusion", "medaug.gan.variant": config.variant,
-                "medaug.gan.class": job["class"] or "", "medaug.gan.conditional": conditional, "medaug.out": str(out)}
+                "medaug.gan.class": job["class"] or "", "medaug.gan.conditional": conditional, "medaug.out": str(out),
+                "medaug.precision": ran}
         who = job["class"] or "conditional"
         with tj.run(resume_from, "train-diffusion", params, dataset=ds, tags=tags,
                     run_name=f"ddpm {who} {config.resolution}px") as run:

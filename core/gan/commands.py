@@ -53,6 +53,7 @@ def cmd_train_gan(args) -> dict:
     from core import distributed
     from core.gan.train import (CHECKPOINT_FILE, GanConfig, GanDiverged, check_resume, load_checkpoint, plan_steps,
                                 train_gan, training_fingerprint)
+    from core.device import precision_line, resolve_device
     from core.generator_job import fidelity_callbacks, measure_best, progress_callbacks, training_images
     from core.tracked import tracked_job
 
@@ -88,14 +89,15 @@ def cmd_train_gan(args) -> dict:
                      steps_per_epoch=spe, eta_s=None, img_per_s=None, losses={}, checkpoint=None, grid=None,
                      config=config.to_dict()) as tj:
         status = tj.status
+        ran = precision_line(resolve_device(config.device), config.precision)
         log(f"train-gan {config.variant} {config.resolution} px on {ds.id} ({what}): {len(images)} training images, "
-            f"batch {config.batch}, {spe} steps/epoch, {total} steps -> {out}"
+            f"batch {config.batch}, {spe} steps/epoch, {total} steps, {ran} -> {out}"
             + (f"; {ctx.world_size} processes ({ctx.backend}), {config.batch // ctx.world_size} images each per step"
                if ctx.active else ""))
         params = {**config.to_dict(), "data": str(ds.root), "n_images": len(images), "steps_per_epoch": spe,
                   "total_steps": total, "out": str(out), "world_size": ctx.world_size}
         tags = {"medaug.gan.variant": config.variant, "medaug.gan.class": job["class"] or "",
-                "medaug.gan.conditional": conditional, "medaug.out": str(out)}
+                "medaug.gan.conditional": conditional, "medaug.out": str(out), "medaug.precision": ran}
         who = job["class"] or ("conditional" if conditional else "all")
         with tj.run(resume_from, "train-gan", params, dataset=ds, tags=tags,
                     run_name=f"{config.variant} {who} {config.resolution}px") as run:
