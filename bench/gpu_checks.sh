@@ -6,7 +6,12 @@
 #   2. speed: bench/gan.py at batch 64 and 256, in-process turns: the reference fp32 step vs ours in fp32,
 #      eager bf16 and CUDA-graphed bf16 (the last line of each is the graph ratio);
 #   3. diffusion speed (needs monai): bench/diffusion.py, training and DDIM sampling at 64 px against a plain
-#      fp32 loop with the same UNet (under a minute).
+#      fp32 loop with the same UNet (under a minute);
+#   4. classifier speed: bench/classify.py --device cuda (small CNN, ResNet-18 and VGG16 at 224 px, target 2x);
+#   5. with the project's full requirements installed (pandas, mlflow, scipy: skipped on a torch-only box):
+#      the `standard` study preset end to end on the GPU, and the `paper` preset's real-only cells (VGG16 and
+#      Inception-v3 at 224 px, 30 epochs) timed, for its per-cell time and a projected total (an estimate:
+#      cells with synthetic images train on more images per epoch).
 # Usage: bash bench/gpu_checks.sh        (PYTHON=... picks the interpreter; REFERENCE=... the path of
 #        reference_dcgan.py when it is not in ../shared/bench/ or ./shared/bench/)
 set -euo pipefail
@@ -56,5 +61,22 @@ EOF
 REF=${REFERENCE:+--reference $REFERENCE}
 $PY bench/gan.py --device cuda --batch 64 --rounds 7 --burst 50 $REF
 $PY bench/gan.py --device cuda --batch 256 --rounds 7 --burst 30 $REF
-$PY bench/diffusion.py --device cuda --batch 64 --steps 20 --repeats 5
+$PY bench/diffusion.py --device cuda --batch 64 --steps 20 --repeats 5 || echo "diffusion bench: skipped or failed (needs monai)"
+$PY bench/classify.py --device cuda
+
+if $PY -c "import pandas, mlflow, scipy, streamlit" 2>/dev/null; then
+  work=$(mktemp -d)
+  export MEDAUG_HOME=$work/ws MLFLOW_TRACKING_URI=sqlite:///$work/mlflow.db
+  t=$(date +%s)
+  $PY -m core study --preset standard --device cuda --out "$work/standard" | tail -1
+  echo "standard study on the GPU: $(( $(date +%s) - t )) s"
+  t=$(date +%s)
+  $PY -m core study --preset paper --sets real --seeds 0 --device cuda --out "$work/paper-real" | tail -1
+  cell=$(( ($(date +%s) - t) / 2 ))
+  n=$($PY -c "from core.study.grid import preset, cells; print(len(cells(preset('paper'))))")
+  echo "paper preset: ${cell} s per real-only cell (VGG16 and Inception-v3, mean of 2); $n cells -> about $(( n * cell / 3600 )) h on one GPU, $(( n * cell / 8 / 3600 )) h on 8 (an estimate: classifier cells only, real-only size; generators not included)"
+  rm -rf "$work"
+else
+  echo "study presets: skipped (this machine lacks the project's requirements; pip install -r requirements.txt)"
+fi
 echo "gpu_checks: $(( $(date +%s) - start )) s"
