@@ -88,6 +88,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats, medians reported (default 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where our batch and torchvision run")
     a = p.parse_args()
+    from core.device import machine_line
+
+    print(machine_line(), flush=True)
 
     import torch
 

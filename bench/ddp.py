@@ -90,6 +90,10 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
+    sys.path.insert(0, str(ROOT))
+    from core.device import machine_line
+
+    print(machine_line(), flush=True)
     n = a.nproc
     setups = {"1 proc x 1 thread": (1, 1), f"1 proc x {n} threads": (1, n), f"{n} procs x 1 thread": (n, 1)}
     results: dict[str, list[float]] = {k: [] for k in setups}

@@ -165,6 +165,9 @@ def main() -> None:
     p.add_argument("--memory-files", type=int, default=2000, help="films for the peak-memory run at 512 px (0: skip)")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory run (no ratio line)")
     a = p.parse_args()
+    from core.device import machine_line
+
+    print(machine_line(), flush=True)
 
     folder = films(a.n, a.height, seed=0)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores "

@@ -22,6 +22,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline-n", type=int, default=200, help="images for the one-worker baseline")
     a = p.parse_args()
+    from core.device import machine_line
+
+    print(machine_line(), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         def timed(n, workers, tag):

@@ -53,6 +53,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
+    from core.device import machine_line
+
+    print(machine_line(), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MEDAUG_HOME"] = str(Path(tmp) / "ws")
