@@ -15,6 +15,8 @@
                              per-class paired Δ sensitivity, CSV export.
 - :mod:`core.study.stats`    the paired bootstrap, sign-flip test, Holm and verdict behind the table.
 - :mod:`core.study.verdict`  the study's answer in plain words, from the table.
+- :mod:`core.study.ray_executor`  ``study --executor ray``: generators and cells as Ray tasks
+                             (retries, one child run per cell); ray is imported only there.
 - :mod:`core.study.commands` ``python -m core study``, ``run-cell`` and ``study-results``.
 
 Nothing heavy is imported here.

@@ -4,16 +4,21 @@
     python -m core study --data DIR --preset quick --plan-only --out DIR     # one JSON spec per cell
     for spec in DIR/specs/*.json; do python -m core run-cell "$spec"; done   # any scheduler
     python -m core study-results --study RUN_ID [--csv results.csv]          # the table, from MLflow
+    python -m core study --data DIR --preset paper --executor ray [--address auto|ray://host:10001]
 
 ``study`` keeps ``<out>/status.json`` current (atomic, like train-gan's) for pages and job runners:
 
     {"kind": "study", "state": "starting|running|finished|failed|cancelled", "message": str,
      "cells_done": int, "cells_total": int, "cells_skipped": int, "current": "set|network|s0"|null,
      "cell_epoch": int, "cell_epochs": int, "eta_s": float|null, "run_id": parent run id,
-     "results_csv": str (at the end), "out": str, "config": {StudyConfig}, "started", "updated"}
+     "results_csv": str (at the end), "out": str, "config": {StudyConfig}, "started", "updated",
+     "executor": "local|ray", "cell_states": {cell: "pending|running|finished|failed"}, "cells_pending": int,
+     "cells_running": int, "cells_failed": int, "failed": {cell: reason}, "ray_slots": int (ray)}
 
-``--config JSON`` holds StudyConfig fields plus ``data``, ``out``, ``preset``, ``resume`` and
-``plan_only``; flags given on the command line win.
+``--config JSON`` holds StudyConfig fields plus ``data``, ``out``, ``preset``, ``resume``,
+``plan_only``, ``executor``, ``address``, ``max_retries`` and ``ray_data``; flags given on the command
+line win. The executor is not part of the study's key: a study started by one executor resumes
+with the other.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from core.cli import job_fields, log
 
-JOB_KEYS = ("data", "out", "preset", "resume", "plan_only")
+JOB_KEYS = ("data", "out", "preset", "resume", "plan_only", "executor", "address", "max_retries", "ray_data")
 
 
 def _parse_gan_steps(items: list[str]) -> dict[str, int]:
@@ -51,7 +56,35 @@ def validate(fields: dict):
         fields["gan_steps"] = _parse_gan_steps(fields["gan_steps"])
     if "gan_steps" in fields:
         fields["gan_steps"] = {**base.gan_steps, **fields["gan_steps"]}
-    return job, name, StudyConfig.from_dict({**base.to_dict(), **fields})
+    config = StudyConfig.from_dict({**base.to_dict(), **fields})
+    _check_executor(job)
+    return job, name, config
+
+
+def _check_executor(job: dict) -> None:
+    """Executor options (filled with their defaults in ``job``); Ray must be installed for ``ray``
+    (checked without importing it)."""
+    from core.study.ray_executor import DATA_MODES, check_available
+    from core.study.run import EXECUTORS
+
+    job["executor"] = job["executor"] or "local"
+    if job["executor"] not in EXECUTORS:
+        raise ValueError(f"--executor {job['executor']!r}: choose one of {', '.join(EXECUTORS)}.")
+    job["max_retries"] = 3 if job["max_retries"] is None else job["max_retries"]
+    job["ray_data"] = job["ray_data"] or "auto"
+    if job["executor"] == "local":
+        given = [f"--{k.replace('_', '-')}" for k in ("address",) if job[k]]
+        if given:
+            raise ValueError(f"{', '.join(given)} is for --executor ray; add --executor ray or leave it out.")
+        return
+    if job["plan_only"]:
+        raise ValueError("--plan-only writes job specs for a scheduler of your own; --executor ray runs the cells "
+                         "itself. Choose one.")
+    if not isinstance(job["max_retries"], int) or isinstance(job["max_retries"], bool) or job["max_retries"] < 0:
+        raise ValueError(f"--max-retries {job['max_retries']!r}: give 0 or more retries per cell.")
+    if job["ray_data"] not in DATA_MODES:
+        raise ValueError(f"--ray-data {job['ray_data']!r}: choose one of {', '.join(DATA_MODES)}.")
+    check_available()
 
 
 def cmd_study(args) -> dict:
@@ -76,7 +109,13 @@ def cmd_study(args) -> dict:
                                              f"`python -m core study --resume --out {out}` and the same options",
                      cells_done=0, cells_total=None, eta_s=None, preset=name, config=config.to_dict()) as tj:
         summary = run_study(data, config, out, resume=bool(job["resume"]), plan_only=bool(job["plan_only"]), log=log,
-                            status=tj.status)
+                            status=tj.status, executor=job["executor"],
+                            ray_options={"address": job["address"], "max_retries": job["max_retries"],
+                                         "data": job["ray_data"]})
+        if summary.get("failed"):   # the table of the other cells is written; the job still ends failed
+            from core.study.run import failed_message
+
+            raise ValueError(failed_message(summary["failed"], summary["cells"], out))
     return {"preset": name, **summary, "status": str(tj.status.path)}
 
 
@@ -133,6 +172,17 @@ def register(sub) -> None:
                    help="continue the study in --out: finished cells are skipped")
     s.add_argument("--plan-only", dest="plan_only", action="store_true", default=None,
                    help="write one JSON job spec per pending cell to OUT/specs and stop")
+    s.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="local (default): the cells one after another in this process; ray: generators and cells "
+                        "as Ray tasks, as many at once as the cluster has GPUs (or CPUs)")
+    s.add_argument("--address", default=None,
+                   help="with --executor ray: auto (the Ray started here with `ray start`), ray://HOST:10001 (Ray "
+                        "Client) or HOST:6379; default: start a local Ray with this machine's CPUs and GPUs")
+    s.add_argument("--max-retries", dest="max_retries", type=int, default=None,
+                   help="with --executor ray: retries of a task whose worker died (default 3); errors are not retried")
+    s.add_argument("--ray-data", dest="ray_data", choices=("auto", "object-store", "path"), default=None,
+                   help="with --executor ray: tasks read the images from Ray's object store, or each loads --data "
+                        "(a path every node sees); auto: the object store up to 512 MB (default)")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("run-cell", help="run one study cell from a job spec written by study --plan-only")

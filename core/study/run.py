@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.study.grid import AUG_SETS, Cell, StudyConfig, cells
 from core.study.store import (KIND_CELL, PREDICTIONS_FILE, TAG_CELL, TAG_TEST_HASH, TestSplitMismatch, collect_cells,
-                              finished_cells, write_predictions)
+                              finished_cells, unfinished_cell_run, write_predictions)
 
 KIND_STUDY = "study"
 TAG_STUDY_KEY = "medaug.study.key"
@@ -183,8 +183,13 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
         if quality.get("reason"):
             tags["medaug.gen.reason"] = str(quality["reason"])[:500]
     t0 = time.perf_counter()
-    with tracking.start_run(KIND_CELL, params, dataset=study.ds, parent_run_id=study.run_id, tags=tags,
-                            run_name=f"{cell.set} · {cell.network} · s{cell.seed}") as run:
+    # a child left unfinished by an earlier try of this cell (a killed worker, a crash) is continued,
+    # with the classifier's checkpoint: one child run per cell, whichever executor retried it
+    previous = unfinished_cell_run(study.run_id, cell.key)
+    with tracking.continue_run(previous, KIND_CELL, params, dataset=study.ds, parent_run_id=study.run_id, tags=tags,
+                               run_name=f"{cell.set} · {cell.network} · s{cell.seed}") as run:
+        if previous and run.run_id == previous:
+            study.log(f"  {cell.key}: {run.note}")
         def epoch_cb(epoch: int, metrics: dict) -> None:
             run.log_metrics(metrics, epoch)
             if on_epoch:
@@ -263,16 +268,26 @@ def check_study(data: str | Path, config: StudyConfig, out: str | Path, resume: 
     return ds, existing
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume: bool = False,
-              plan_only: bool = False, log: Log = print, status=None) -> dict:
-    """Run every pending cell of ``config`` on ``data`` in this process (or, with ``plan_only``,
-    write their job specs), then rebuild the results table from MLflow. ``status``: an object
-    with ``update(force=False, **fields)`` (the CLI's status.json writer)."""
+              plan_only: bool = False, log: Log = print, status=None, executor: str = "local",
+              ray_options: dict | None = None) -> dict:
+    """Run every pending cell of ``config`` on ``data`` (or, with ``plan_only``, write their job
+    specs), then rebuild the results table from MLflow. ``status``: an object with
+    ``update(force=False, **fields)`` (the CLI's status.json writer).
+
+    ``executor``: ``"local"`` runs the cells one after another in this process (a cell that raises
+    stops the study); ``"ray"`` runs generators and cells as Ray tasks (:mod:`core.study.ray_executor`,
+    ``ray_options``: address, max_retries, data), where a failed cell is recorded with its reason
+    (``summary["failed"]``) and the others go on. Both executors open, resume and tabulate the study
+    here, so they give the same table."""
     from core import tracking
     from core.files import write_json_atomic
-    from core.study.results import results_table, sensitivity_table, table_text, write_results
-    from core.study.verdict import verdict_text
 
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r}: choose one of {', '.join(EXECUTORS)}.")
     ds, existing = check_study(data, config, out, resume)
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -311,45 +326,138 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
             return {"study_run_id": parent.run_id, "study_key": config.key(), "out": str(out),
                     "cells": len(grid), "skipped": len(done), "specs": [str(p) for p in specs],
                     "specs_dir": str(out / "specs"), "test_hash": splits.test_hash}
-        t_cells = time.perf_counter()
-        for i, cell in enumerate(pending):
-            log(f"[{len(done) + i + 1}/{len(grid)}] {cell.key}")
-            status.update(force=True, current=cell.key, cell_epoch=0, cell_epochs=config.epochs,
-                          message=f"cell {cell.key}")
+        progress = CellProgress(grid, done, status, parent, config.metric, log, executor)
+        if executor == "ray":
+            from core.study.ray_executor import run_cells_ray
 
-            def on_epoch(epoch, m, _cell=cell):
-                status.update(cell_epoch=epoch, last={"val_macro_f1": round(m.get("val_macro_f1", math.nan), 4),
-                                                      "train_loss": round(m.get("train_loss", math.nan), 4)})
-
-            summary = run_cell(study, cell, on_epoch=on_epoch, on_stage=lambda text: status.update(message=text),
-                               on_plan=lambda n: status.update(force=True, cell_epochs=n))
-            finished_now = i + 1
-            per_cell = (time.perf_counter() - t_cells) / finished_now
-            left = len(pending) - finished_now
-            log(f"    {config.metric} {summary[config.metric]:.4f}  best epoch {summary['best_epoch']}  "
-                f"{summary['seconds']:.1f} s  ({summary['n_train']} training images, {summary['epochs']} epochs)")
-            parent.log_metrics({"cells_done": len(done) + finished_now}, step=len(done) + finished_now)
-            status.update(force=True, cells_done=len(done) + finished_now, eta_s=round(per_cell * left, 1),
-                          current=None)
-        cells_df = collect_cells(parent.run_id, out)
-        table = results_table(cells_df, config.metric, order=config.sets)
-        sens = sensitivity_table(cells_df, order=config.sets)
-        csv, wide_csv = write_results(table, out / RESULTS_FILE, sens)
-        verdict = verdict_text(table, {**ds.meta, "name": ds.name}, sens)
-        (out / VERDICT_FILE).write_text("\n".join(verdict) + "\n")
-        for path in (csv, wide_csv, out / VERDICT_FILE):
-            parent.log_artifact(path)
-        if not sens.empty:
-            parent.log_artifact(Path(csv).with_name(Path(csv).stem + "_sensitivity.csv"))
-        log(table_text(table, config.metric))
-        log("\n".join(verdict))
+            run_cells_ray(study, pending, progress, **(ray_options or {}))
+        else:
+            run_cells_here(study, pending, progress)
+        csv, wide_csv, table, verdict = write_tables(study, parent)
     seconds = round(time.perf_counter() - t_start, 1)
-    status.update(force=True, state="finished", message=f"{len(grid)} cells in {seconds} s", eta_s=0.0,
-                  results_csv=csv)
+    failed = dict(progress.failed)
+    if failed:
+        message = failed_message(failed, len(grid), out)
+        status.update(force=True, state="failed", message=message, eta_s=0.0, results_csv=csv)
+        log(message)
+    else:
+        status.update(force=True, state="finished", message=f"{len(grid)} cells in {seconds} s", eta_s=0.0,
+                      results_csv=csv)
     return {"study_run_id": parent.run_id, "study_key": config.key(), "out": str(out), "cells": len(grid),
-            "skipped": len(done), "ran": len(pending), "seconds": seconds, "results_csv": csv, "results_wide_csv": wide_csv,
+            "skipped": len(done), "ran": len(pending) - len(failed), "failed": failed, "executor": executor,
+            "seconds": seconds, "results_csv": csv, "results_wide_csv": wide_csv,
             "metric": config.metric, "test_hash": splits.test_hash, "verdict": verdict,
             "table": summary_rows(table)}
+
+
+def failed_message(failed: dict[str, str], total: int, out: Path) -> str:
+    reasons = "; ".join(f"{key}: {reason}" for key, reason in failed.items())
+    return (f"{len(failed)} of {total} cells failed ({reasons}). The table holds the other cells; "
+            f"`python -m core study --resume --out {out}` with the same options runs the failed ones again.")
+
+
+def run_cells_here(study: Study, pending: list[Cell], progress: CellProgress) -> None:
+    """The in-process executor: the pending cells one after another (a cell that raises stops it)."""
+    config, status = study.config, progress.status
+    for cell in pending:
+        progress.started(cell)
+        study.log(f"[{progress.n_finished + 1}/{len(progress.states)}] {cell.key}")
+        status.update(force=True, current=cell.key, cell_epoch=0, cell_epochs=config.epochs,
+                      message=f"cell {cell.key}")
+
+        def on_epoch(epoch, m):
+            status.update(cell_epoch=epoch, last={"val_macro_f1": round(m.get("val_macro_f1", math.nan), 4),
+                                                  "train_loss": round(m.get("train_loss", math.nan), 4)})
+
+        summary = run_cell(study, cell, on_epoch=on_epoch, on_stage=lambda text: status.update(message=text),
+                           on_plan=lambda n: status.update(force=True, cell_epochs=n))
+        progress.finished(cell, summary, current=None)
+
+
+def write_tables(study: Study, parent) -> tuple:
+    """The results table, its per-class Δ and the verdict from the study's finished cells in MLflow
+    (whichever executor ran them), written to ``OUT`` and logged to the parent run."""
+    from core.study.results import results_table, sensitivity_table, table_text, write_results
+    from core.study.verdict import verdict_text
+
+    out, config, ds = study.out, study.config, study.ds
+    cells_df = collect_cells(parent.run_id, out)
+    table = results_table(cells_df, config.metric, order=config.sets)
+    sens = sensitivity_table(cells_df, order=config.sets)
+    csv, wide_csv = write_results(table, out / RESULTS_FILE, sens)
+    verdict = verdict_text(table, {**ds.meta, "name": ds.name}, sens)
+    (out / VERDICT_FILE).write_text("\n".join(verdict) + "\n")
+    for path in (csv, wide_csv, out / VERDICT_FILE):
+        parent.log_artifact(path)
+    if not sens.empty:
+        parent.log_artifact(Path(csv).with_name(Path(csv).stem + "_sensitivity.csv"))
+    study.log(table_text(table, config.metric))
+    study.log("\n".join(verdict))
+    return csv, wide_csv, table, verdict
+
+
+CELL_STATES = ("pending", "running", "finished", "failed")
+
+
+class CellProgress:
+    """The cells' states (pending, running, finished, failed) and the ETA, for both executors: kept in
+    ``status.json`` (``cell_states``, ``cells_pending`` / ``_running`` / ``_done`` / ``_failed``,
+    ``failed`` reasons, ``eta_s``) and as the parent run's ``cells_done`` metric. The ETA is the wall
+    time per finished cell so far (which counts the parallel cells) times the cells still to run."""
+
+    def __init__(self, grid: list[Cell], done: dict, status, parent, metric: str, log: Log = print,
+                 executor: str = "local"):
+        self.states = {c.key: ("finished" if c.key in done else "pending") for c in grid}
+        self.failed: dict[str, str] = {}
+        self.status, self.parent, self.metric, self.log = status, parent, metric, log
+        self.n_before = len(done)
+        self.ran = 0
+        self.t0 = time.perf_counter()
+        self.status.update(force=True, executor=executor, **self.fields())
+
+    @property
+    def n_finished(self) -> int:
+        return sum(s == "finished" for s in self.states.values())
+
+    def counts(self) -> dict[str, int]:
+        return {state: sum(s == state for s in self.states.values()) for state in CELL_STATES}
+
+    def eta_s(self) -> float | None:
+        left = sum(s in ("pending", "running") for s in self.states.values())
+        if not left:
+            return 0.0
+        if not self.ran:
+            return None
+        return round((time.perf_counter() - self.t0) / self.ran * left, 1)
+
+    def fields(self) -> dict:
+        n = self.counts()
+        return {"cells_done": n["finished"], "cells_pending": n["pending"], "cells_running": n["running"],
+                "cells_failed": n["failed"], "cell_states": dict(self.states), "failed": dict(self.failed),
+                "eta_s": self.eta_s()}
+
+    def started(self, cell: Cell) -> None:
+        if self.states.get(cell.key) == "pending":
+            self.states[cell.key] = "running"
+            self.status.update(force=True, **self.fields())
+
+    def finished(self, cell: Cell, summary: dict, **extra) -> None:
+        self.states[cell.key] = "finished"
+        self.ran += 1
+        value = summary.get(self.metric)
+        self.log(f"    {cell.key}: {self.metric} "
+                 + (f"{value:.4f}" if isinstance(value, (int, float)) else str(value))
+                 + f"  best epoch {summary.get('best_epoch')}  {summary.get('seconds', math.nan):.1f} s  "
+                 f"({summary.get('n_train')} training images, {summary.get('epochs')} epochs)")
+        n = self.n_finished
+        self.parent.log_metrics({"cells_done": n}, step=n)
+        self.status.update(force=True, **self.fields(), **extra)
+
+    def fail(self, cell: Cell, reason: str) -> None:
+        self.states[cell.key] = "failed"
+        self.failed[cell.key] = reason
+        self.log(f"    {cell.key}: FAILED: {reason}")
+        self.status.update(force=True, **self.fields())
 
 
 SUMMARY_COLUMNS = ("set", "network", "n_seeds", "mean", "ci_lo", "ci_hi", "delta", "delta_lo", "delta_hi", "p_holm",

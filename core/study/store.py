@@ -2,7 +2,8 @@
 predictions (``<out>/cells/<cell>/predictions.json``, also logged as the run's artifact).
 
 - :func:`child_runs` / :func:`finished_cells`: the parent's child runs; a FINISHED child with a
-  cell key (``medaug.study.cell``) means that cell is done.
+  cell key (``medaug.study.cell``) means that cell is done; :func:`unfinished_cell_run`: the child a
+  retried cell continues (one child per cell, whichever executor ran it).
 - :func:`write_predictions` / :func:`read_predictions`: a cell's predicted and true class
   indices in test-split order, tagged with the test split's hash.
 - :func:`collect_cells`: one row per finished cell (the latest run of a cell wins), the input of
@@ -57,6 +58,16 @@ def finished_cells(parent_run_id: str) -> dict[str, object]:
         if key and r.info.status == "FINISHED":
             done[key] = r
     return done
+
+
+def unfinished_cell_run(parent_run_id: str, cell_key: str) -> str | None:
+    """The latest child run of cell ``cell_key`` that did not finish (a worker killed mid-cell, a
+    crash), or None. A retried or resumed cell continues that run instead of adding a second child
+    (:func:`core.tracking.continue_run`), so a cell has one child run however often it was tried."""
+    runs = [r for r in child_runs(parent_run_id) if r.data.tags.get(TAG_CELL) == cell_key]
+    if any(r.info.status == "FINISHED" for r in runs):
+        return None
+    return runs[-1].info.run_id if runs else None
 
 
 # --- a cell's test predictions ------------------------------------------------------------------
