@@ -89,6 +89,73 @@ def test_ssim_and_psnr_match_scikit_image(small_phantom, engine):
     assert np.all(metrics.ssim(ref, ref) == pytest.approx(1.0)) and np.isinf(metrics.psnr(ref, ref)).all()
 
 
+def _skimage_ssim_psnr(x, y, data_range):
+    s = [structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=1.5,
+                               use_sample_covariance=False) for a, b in zip(x, y)]
+    return np.array(s), np.array([peak_signal_noise_ratio(a, b, data_range=data_range) for a, b in zip(x, y)])
+
+
+# The fast path (separable engine, ssim_psnr) against scikit-image. Tolerances: SSIM 1e-5 (float32 maps; measured
+# <= 2e-6), PSNR 1e-9 dB for uint8 (exact integer sums) and 1e-4 dB for float inputs.
+@pytest.mark.parametrize("shape", [(13, 13), (16, 16), (45, 70), (64, 64), (100, 37), (131, 258)])
+@pytest.mark.parametrize("kind", ["uint8", "float32", "float64"])
+def test_separable_ssim_psnr_match_scikit_image_on_random_pairs(shape, kind):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 256, (5, *shape)).astype(np.uint8)
+    y = np.clip(x + rng.normal(0, 30, x.shape), 0, 255).astype(np.uint8)
+    y[1] = rng.integers(0, 256, shape)                           # unrelated pair: SSIM near 0
+    data_range = 255.0
+    if kind != "uint8":
+        x, y, data_range = x.astype(kind) / 255, y.astype(kind) / 255, 1.0
+    want_s, want_p = _skimage_ssim_psnr(x, y, data_range)
+    s, p = metrics.ssim_psnr(x, y, data_range, engine="separable")
+    np.testing.assert_allclose(s, want_s, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(p, want_p, atol=1e-9 if kind == "uint8" else 1e-4, rtol=0)
+    np.testing.assert_array_equal(metrics.ssim(x, y, data_range), s)
+
+
+def test_separable_chunks_and_workers_do_not_change_values():
+    """Chunk boundaries (a short last chunk with stale slots, one-pair chunks, one chunk) and 1 or 3 workers
+    give the same numbers as each other and scikit-image; the caller's torch thread count is left as it was."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (11, 40, 33)).astype(np.uint8)
+    y = np.clip(x * 0.8 + rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8)
+    want_s, want_p = _skimage_ssim_psnr(x, y, 255)
+    threads = torch.get_num_threads()
+    ref = metrics.ssim_psnr(x, y, chunk=4, threads=1)
+    for chunk, workers in [(1, 1), (4, 3), (11, 2), (64, 1), (3, 3)]:
+        got = metrics.ssim_psnr(x, y, chunk=chunk, threads=workers)
+        np.testing.assert_allclose(got[0], ref[0], atol=1e-12, rtol=0)
+        np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_allclose(ref[0], want_s, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ref[1], want_p, atol=1e-9, rtol=0)
+    assert torch.get_num_threads() == threads
+    one = metrics.ssim_psnr(x[:1], y[:1], threads=4)
+    assert one[0][0] == pytest.approx(ref[0][0], abs=1e-12) and one[1][0] == ref[1][0]
+    same = metrics.ssim_psnr(x, x)
+    assert np.allclose(same[0], 1.0, atol=1e-6) and np.isinf(same[1]).all()
+
+
+def test_separable_ssim_psnr_on_256px_phantom_pairs():
+    """The benchmark's case: phantom radiographs at 256 px against noisy, shifted, rescaled copies."""
+    from core.data.io import to_uint8
+    from core.data.phantom import CLASS_NAMES, render_phantom
+
+    rng = np.random.default_rng(3)
+    ref = np.stack([to_uint8(render_phantom(CLASS_NAMES[i % len(CLASS_NAMES)], size=256, seed=i).image)
+                    for i in range(6)])
+    noisy = ref * rng.uniform(0.7, 1.1, (6, 1, 1)) + rng.normal(0, 12, ref.shape)
+    test = np.clip(np.stack([np.roll(t, tuple(rng.integers(-4, 5, 2)), axis=(0, 1)) for t in noisy]), 0, 255)
+    test = test.astype(np.uint8)
+    want_s, want_p = _skimage_ssim_psnr(ref, test, 255)
+    s, p = metrics.ssim_psnr(ref, test)
+    np.testing.assert_allclose(s, want_s, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(p, want_p, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(p, metrics.psnr(ref, test), atol=1e-9, rtol=0)
+
+
 def test_pair_metrics_order_and_errors():
     a = np.random.default_rng(0).integers(0, 256, (4, 64, 64)).astype(np.uint8)
     good = np.clip(a + 5, 0, 255).astype(np.uint8)
