@@ -51,6 +51,12 @@ def worker_setup() -> None:
     real = ctrain.train_classifier
 
     def train_classifier(config, *args, on_epoch=None, **kwargs):
+        planted = Path(folder) / "raise"   # holds the training-set size of the cell that raises
+        if planted.exists() and planted.read_text() == str(len(args[0][1])):
+            with open(Path(folder) / "raised", "a") as f:
+                f.write(f"{os.getpid()}\n")
+            raise ValueError("planted error in this cell")
+
         def epoch_then_die(epoch, metrics):
             if on_epoch:
                 on_epoch(epoch, metrics)   # the child run holds this epoch: the worker dies mid-cell
@@ -204,6 +210,24 @@ def test_killed_worker_is_retried_into_one_child_and_a_local_study_resumes_on_ra
     assert len(resumed) == 1, resumed   # the killed cell's retry reopened its run
     status_pid = children[resumed[0]][0].data.tags.get("medaug.pid")
     assert status_pid != str(killed["pid"])   # ... from another worker process
+
+
+def test_a_cell_that_raises_fails_with_its_reason_once_and_the_others_finish(ray_cluster, small_phantom, tmp_path):
+    from core.study.run import run_study
+    from core.study.sets import load_splits
+
+    n = len(load_splits(small_phantom, 16).train_y)
+    (ray_cluster / "raise").write_text(str(2 * n))   # the crop cell: the real images and one copy of each
+    try:
+        got = run_study(small_phantom.root, StudyConfig(**TINY), tmp_path / "s", log=quiet, executor="ray")
+    finally:
+        (ray_cluster / "raise").unlink()
+    assert got["failed"] == {"crop|small_cnn|s0": "planted error in this cell"}
+    assert len((ray_cluster / "raised").read_text().split()) == 1   # an exception is not retried
+    assert got["ran"] == 2 and [r["set"] for r in got["table"]] == ["real", "dcgan"]
+    children = children_by_cell(got["study_run_id"])
+    assert [r.info.status for r in children["crop|small_cnn|s0"]] == ["FAILED"]
+    assert all([r.info.status for r in children[k]] == ["FINISHED"] for k in ("real|small_cnn|s0", "dcgan|small_cnn|s0"))
 
 
 def test_core_and_the_cli_do_not_import_ray():
