@@ -19,7 +19,9 @@ Speed without changing the maths: data on the device as uint8 and batches by ind
 DataLoader, no per-item Python), channels_last, fused AdamW, losses and accuracies summed on
 the device and read once per epoch (or every ``log_every`` steps when ``on_step`` is given),
 ``torch.inference_mode`` for evaluation, and bf16 autocast where it is faster (see
-:func:`core.device.use_bf16`).
+:func:`core.device.use_bf16`). On a CPU in fp32, convolutions whose output has at most 4 positions
+per image (ResNet-18's last stage at 64 px) train as im2col + one matrix product, where oneDNN is
+slow (:class:`GemmConv2d`; chosen by shape, named in the result's notes).
 
 Determinism: batch order comes from a generator seeded by (seed, epoch) and dropout from the
 global torch RNG, saved in each checkpoint, so on a CPU the same seed gives the same metrics
@@ -43,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core import checkpoints, distributed
 from core.classify.evaluate import evaluate, macro_f1
@@ -292,6 +295,70 @@ def check_resume(state: dict, config: ClassifierConfig, fingerprint: str, class_
                              "was trained on", where)
 
 
+# --- the CPU convolution path ---------------------------------------------------------------
+
+# A training convolution whose output has at most this many positions per image (ResNet-18's last
+# stage at 64 px: 2 x 2) runs as im2col + one matrix product on a CPU in fp32: oneDNN's kernels
+# are slow at such shapes (its backward most of all). Measured on a 2-core AMD EPYC (AVX2), forward
+# + backward of one conv at batch 32: 512->512 3x3 on 2x2 78-92 ms oneDNN vs 37 ms; 256->512 3x3
+# stride 2 from 4x4 21 vs 16.5 ms; but 256->256 3x3 on 4x4 19-22 vs 27 ms, so the rule stops at 4.
+# A rule on shapes, not a timing taken at start: the same seed keeps giving the same numbers.
+GEMM_CONV_MAX_POSITIONS = 4
+
+
+def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+                dilation) -> torch.Tensor:
+    """``F.conv2d`` (groups 1, zero padding) as im2col (``F.unfold``) and one matrix product; autograd
+    differentiates both (the input's gradient is ``F.fold``). The output is channels_last in memory."""
+    b, _, h, w = x.shape
+    o, c, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)   # (B, C*kh*kw, oh*ow)
+    out = cols.transpose(1, 2).reshape(b * oh * ow, c * kh * kw) @ weight.reshape(o, -1).t()
+    if bias is not None:
+        out = out + bias
+    return out.view(b, oh, ow, o).permute(0, 3, 1, 2)
+
+
+class GemmConv2d(nn.Conv2d):
+    """A Conv2d that trains through :func:`gemm_conv2d`; in eval mode or without gradients it is the
+    ordinary Conv2d. Same parameters and state-dict keys (the trainer swaps the class in place)."""
+
+    def _conv_forward(self, x, weight, bias):
+        if self.training and torch.is_grad_enabled():
+            return gemm_conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        return super()._conv_forward(x, weight, bias)
+
+
+def use_gemm_convs(net: nn.Module, x: torch.Tensor) -> list[str]:
+    """Swap to :class:`GemmConv2d` the convolutions of ``net`` whose output on input ``x`` (a batch of
+    the prepared training images) has at most :data:`GEMM_CONV_MAX_POSITIONS` positions per image;
+    returns their names. One forward pass in eval mode without gradients: no batch-norm statistics
+    change and no random numbers are drawn."""
+    sizes: dict[str, int] = {}
+
+    def record(name):
+        return lambda m, i, out: sizes.__setitem__(name, out.shape[-2] * out.shape[-1])
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in net.named_modules()
+             if type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)]
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(x)
+    finally:
+        net.train(was_training)
+        for hk in hooks:
+            hk.remove()
+    chosen = [name for name, n in sizes.items() if n <= GEMM_CONV_MAX_POSITIONS]
+    modules = dict(net.named_modules())
+    for name in chosen:
+        modules[name].__class__ = GemmConv2d
+    return chosen
+
+
 # --- the trainer ---------------------------------------------------------------------------
 
 class ClassifierTrainer:
@@ -339,6 +406,14 @@ class ClassifierTrainer:
         self.loss_weights = weights
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      fused=True)
+        self.notes: list[str] = []
+        self.gemm_convs: list[str] = []
+        if self.device.type == "cpu" and not self.bf16:
+            self.gemm_convs = use_gemm_convs(self.net, self.prepare(self.train_x[:2]))
+            if self.gemm_convs:
+                self.notes.append(f"CPU fp32: {len(self.gemm_convs)} convolution(s) with at most "
+                                  f"{GEMM_CONV_MAX_POSITIONS} output positions train as im2col + matrix product "
+                                  f"({', '.join(self.gemm_convs)})")
         self._sums = torch.zeros(2, device=self.device)   # loss * n, correct: summed on the device
         self._seen = 0                                     # images since the last read_sums
         self.step = 0
@@ -508,7 +583,7 @@ def train_classifier(config: ClassifierConfig, train, val, test, class_names, *,
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-    notes = []
+    notes = list(trainer.notes)
     if trainer.load_report:
         r = trainer.load_report
         notes.append(f"loaded {r['loaded']} tensors from {r['path']}"
