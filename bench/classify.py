@@ -7,9 +7,12 @@ The baseline is the textbook loop: a Dataset that turns one uint8 image into a n
 tensor per item, ``DataLoader(shuffle=True, num_workers=0)``, the network in the default
 (contiguous) layout, ``AdamW`` with its default implementation, and ``loss.item()`` every step.
 Ours: the training set on the device as uint8, batches gathered by index, channels_last,
-fused AdamW, losses summed on the device and read once per burst; ``auto`` precision is the
+fused AdamW, losses summed on the device and read once per burst, and on a CPU in fp32 the
+convolutions with at most 4 output positions as im2col + matrix product (GemmConv2d: ResNet-18's
+last stage at 64 px; torch.compile was measured and not kept: no faster here); ``auto`` precision is the
 product default (bf16 autocast on GPUs; on CPUs only where CPU_BF16_AUTO says it was faster),
-``bf16`` forces bf16 autocast.
+``bf16`` forces bf16 autocast (a default mode only where the CPU has native bf16). The first
+line names the machine (core.device.machine_line).
 
 The contenders take turns in bursts of steps (baseline, ours[mode]..., baseline, ...), so a
 machine shared with other work slows each alike; every burst ends with a host sync. Figures:
@@ -52,13 +55,16 @@ def main() -> None:
 
     from core.classify.models import build_model
     from core.classify.train import ClassifierConfig, ClassifierTrainer, batches, epoch_indices
+    from core.device import machine_line, native_bf16
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    print(machine_line(a.device))
     gpu = a.device.startswith("cuda")
     target = 2.0 if gpu else 1.3
     models = a.models or ("small_cnn:64,resnet18:64,vgg16:224" if gpu else "small_cnn:64,resnet18:64")
-    modes = (a.modes or ("fp32,auto" if gpu else "fp32,bf16,auto")).split(",")
+    # bf16 autocast only where the CPU has it natively (on an AVX2-only CPU it runs ~20x slower than fp32)
+    modes = (a.modes or ("fp32,auto" if gpu or not native_bf16(torch.device("cpu")) else "fp32,bf16,auto")).split(",")
     burst = a.burst or (30 if gpu else 4)
     device = torch.device(a.device)
 
@@ -158,6 +164,8 @@ def main() -> None:
             print(f"  ours {mode:<5} (ran {'bf16' if t.bf16 else 'fp32'})               "
                   f"{statistics.median(rates[mode]):8.1f} img/s   ratio {statistics.median(ratios[mode]):.2f}x "
                   f"(rounds: {', '.join(f'{r:.2f}' for r in ratios[mode])})")
+            for note in t.notes:
+                print(f"    {mode}: {note}")
         return statistics.median(ratios[modes[-1]])
 
     ratios_last = [bench_model(spec.split(":")[0], int(spec.split(":")[1])) for spec in models.split(",")]
