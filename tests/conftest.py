@@ -23,6 +23,11 @@ SLOW: dict[str, str] = {
     "test_tracking_server.py": "110 s: a real `mlflow server` killed mid-job",
     "test_study.py": "104 s: studies of real training cells, a shell fan-out",
     "test_distributed.py": "87 s: torchrun / gloo process groups",
+    "test_study_ray.py::test_ray_study_table_equals_the_in_process_one":
+        "41 s: a local 2-CPU Ray cluster (5 s) and the tiny study in-process and on Ray (module fixtures)",
+    "test_study_ray.py::test_killed_worker_is_retried_into_one_child_and_a_local_study_resumes_on_ray":
+        "14 s: a tiny study in-process, then on Ray with a worker SIGKILLed",
+    "test_study_ray.py::test_a_cell_that_raises_fails_with_its_reason_once_and_the_others_finish": "3 s: on Ray",
     "test_setmetrics_coverage.py": "42 s: Monte-Carlo coverage of the set-metric intervals (module fixture)",
     "test_classify.py::test_small_cnn_learns_the_phantom_classes_well_above_chance": "35 s: 10-epoch training",
     "test_classify.py::test_label_shuffled_control_stays_at_chance": "shares the 10-epoch training above",

@@ -117,8 +117,9 @@ def in_process(small_phantom, tmp_path_factory, session_home):
 def side_by_side(local: dict, ray: dict) -> str:
     rows = []
     for a, b in zip(local["table"], ray["table"]):
-        rows.append({"set": a["set"], **{f"{k} local": a[k] for k in ("mean", "delta", "p_holm", "verdict")},
-                     **{f"{k} ray": b[k] for k in ("mean", "delta", "p_holm", "verdict")}})
+        rows.append({"set": a["set"], **{f"{k} local": a[k] for k in ("mean", "delta", "p_holm")},
+                     **{f"{k} ray": b[k] for k in ("mean", "delta", "p_holm")},
+                     "verdict local": a["verdict"][:24], "verdict ray": b["verdict"][:24]})
     return pd.DataFrame(rows).to_string(index=False)
 
 
