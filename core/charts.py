@@ -1,6 +1,8 @@
 """Plotly figures for the pages and for MLflow artifacts. Pages only place them.
 
-plotly is imported inside each function so importing this module stays cheap.
+plotly is imported inside each function so importing this module stays cheap. The Home page's class
+chart is plain HTML (:func:`class_balance_html`): the first page a user opens then needs no 4.7 MB
+plotly.js (about 3 s of a cold start in Chromium), and the Dataset page keeps the interactive figure.
 """
 from __future__ import annotations
 
@@ -37,6 +39,36 @@ def class_balance_figure(split_table: pd.DataFrame, title: str = "Images per cla
                       height=120 + 34 * len(order), margin=dict(l=10, r=40, t=60, b=40),
                       xaxis=dict(range=[0, float(totals.max()) * 1.15 if len(totals) else 1]))
     return fig
+
+
+def class_balance_html(split_table: pd.DataFrame, title: str = "Images per class") -> str:
+    """The same chart as :func:`class_balance_figure` in plain HTML and CSS (no script): a stacked bar
+    per class, largest first, segments by split with their counts on hover, the total at the end, and
+    the imbalance ratio in the title."""
+    from html import escape
+
+    totals = split_table.sum(axis=1)
+    order = totals.sort_values(ascending=False).index.tolist()
+    present = totals[totals > 0]
+    ratio = present.max() / present.min() if len(present) else float("nan")
+    top = float(totals.max()) if len(totals) and totals.max() > 0 else 1.0
+    legend = " ".join(f'<span style="white-space:nowrap"><span style="display:inline-block;width:.8em;height:.8em;'
+                      f'background:{SPLIT_COLORS.get(split, "#999")};margin-right:.25em"></span>{escape(str(split))}'
+                      f'</span>' for split in split_table.columns)
+    rows = []
+    for label in order:
+        segments = "".join(
+            f'<div title="{escape(str(label))}: {int(n)} {escape(str(split))}" style="flex:none;height:100%;'
+            f'width:{100 * n / top * 0.85:.3f}%;background:{SPLIT_COLORS.get(split, "#999")}"></div>'
+            for split, n in split_table.loc[label].items() if n > 0)
+        rows.append(f'<div style="display:flex;align-items:center;gap:.5rem;margin:.2rem 0">'
+                    f'<div style="flex:0 0 38%;text-align:right;font-size:.85rem;overflow:hidden;text-overflow:ellipsis;'
+                    f'white-space:nowrap" title="{escape(str(label))}">{escape(str(label))}</div>'
+                    f'<div style="flex:1;display:flex;align-items:center;height:1.1rem">{segments}'
+                    f'<span style="font-size:.8rem;padding-left:.3rem">{int(totals[label])}</span></div></div>')
+    return (f'<div class="medaug-balance" role="img" aria-label="{escape(title)}">'
+            f'<div style="font-weight:600;margin-bottom:.3em">{escape(title)} — imbalance ratio {ratio:.1f}:1</div>'
+            f'<div style="font-size:.8em;margin-bottom:.4em">split: {legend}</div>{"".join(rows)}</div>')
 
 
 def balance_plan_figure(plan: pd.DataFrame):

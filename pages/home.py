@@ -1,7 +1,7 @@
 """Home: what the tool is for, the workflow, and the active dataset at a glance."""
 import streamlit as st
 
-from core.charts import class_balance_figure
+from core.charts import class_balance_html
 from core.data.datasets import imbalance_ratio
 from pages import ui
 
@@ -37,4 +37,4 @@ with left:
     st.metric("Imbalance ratio", f"{imbalance_ratio(counts):.1f}:1")
     st.page_link("pages/dataset.py", label="Explore the dataset", icon=":material/photo_library:")
 with right:
-    st.plotly_chart(class_balance_figure(ds.split_counts()), key="home_class_chart")
+    st.html(class_balance_html(ds.split_counts()))   # plain HTML: Home needs no plotly.js (a fast first page)

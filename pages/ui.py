@@ -127,8 +127,8 @@ def sidebar(ds: Dataset) -> None:
         dataset_picker(ds)
         st.markdown(f"**{ds.name}**  \n`{ds.id}` · {len(ds.manifest):,} images · {len(ds.classes)} classes")
         synthetic_badge(ds, short=True)
-        st.caption("Tracking store")
-        st.code(tracking_uri(), language=None, wrap_lines=True)
+        # a caption, not st.code: a code block loads a 1.5 MB highlighter on every page's first load
+        st.caption(f"Tracking store  \n`{tracking_uri()}`")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

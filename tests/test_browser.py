@@ -38,7 +38,9 @@ def test_home_and_dataset_in_chromium(small_phantom, isolated_workspace):
         page.screenshot(path=str(SHOTS / "dataset_view.png"))
 
         page.goto(url)
-        wait_rendered(page, ".js-plotly-plot")
+        wait_rendered(page, ".medaug-balance")
+        assert "imbalance ratio" in page.inner_text(".medaug-balance")
+        assert page.locator(".js-plotly-plot").count() == 0   # Home needs no plotly.js
         assert page.locator("[data-testid='stException']").count() == 0
         assert "MedAug Studio" in page.inner_text("body")
         assert page.locator("text=Synthetic phantom").count() >= 1
