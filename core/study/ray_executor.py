@@ -93,16 +93,17 @@ def connect(address: str | None, log=print) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     try:
-        if address:
-            ray.init(address=address, **kwargs)
+        if address:   # an existing cluster (or Ray Client): its own settings
+            ray.init(address=address)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 -- ConnectionError, a timeout, a version mismatch: say which
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         hint = ("start one with `ray start --head` (README: 'Studies on a Ray cluster'), check it with `ray status`, "
-                "or leave out --address to start a local Ray with this machine's CPUs") if address else \
+                "or leave out --address to start a local Ray with this machine's CPUs; a cluster with token "
+                "authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token "
+                "or RAY_AUTH_TOKEN") if address else \
             "see the message; `ray start --head` then --address auto uses a Ray you start yourself"
         raise RayUnavailable(f"cannot start or reach {where} ({type(e).__name__}: {e}); {hint}.") from None
     res = ray.cluster_resources()
