@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core.data.datasets import DEFAULT_PHANTOM, build_phantom_dataset  # noqa: E402
-from tests.browser import chromium_page, serve_app, wait_rendered  # noqa: E402
+from tests.browser import HOME_READY, chromium_page, serve_app, wait_rendered  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
             with chromium_page() as page:
                 for _ in range(a.repeats):  # interleaved, so machine noise hits both alike
                     base.append(start_to_render(env, bare.name, "h1", page))
-                    ours.append(start_to_render(env, "app.py", ".medaug-balance", page))
+                    ours.append(start_to_render(env, "app.py", HOME_READY, page))
         finally:
             bare.unlink()
 

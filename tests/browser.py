@@ -70,6 +70,10 @@ def chromium_page(width: int = 1440, height: int = 1000):
             browser.close()
 
 
+# Home is drawn when its class chart (plain HTML: core.charts.class_balance_html) is on the page
+HOME_READY = ".medaug-balance"
+
+
 def wait_rendered(page, selector: str, timeout_ms: int = 60_000) -> None:
     """Wait until ``selector`` is visible and Streamlit has stopped running the script."""
     page.wait_for_selector(selector, timeout=timeout_ms, state="visible")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.browser import CHROMIUM, chromium_page, serve_app, tall_screenshot, wait_rendered
+from tests.browser import CHROMIUM, HOME_READY, chromium_page, serve_app, tall_screenshot, wait_rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(__file__).resolve().parent / "artifacts"
@@ -119,7 +119,7 @@ def test_lab_in_chromium_with_a_three_step_pipeline(small_phantom, isolated_work
            "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     with serve_app(env) as (url, _), chromium_page(width=1500, height=1100) as browser:
         browser.goto(url)                     # Home first: the server learns the st.navigation pages
-        wait_rendered(browser, ".js-plotly-plot")
+        wait_rendered(browser, HOME_READY)
         browser.get_by_role("link", name="Augment").first.click()
         wait_rendered(browser, "[data-testid='stImage'] img")
         browser.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 6",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, chromium_page, serve_app, tall_screenshot, wait_rendered
+from tests.browser import CHROMIUM, HOME_READY, chromium_page, serve_app, tall_screenshot, wait_rendered
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium")]
@@ -38,8 +38,8 @@ def test_home_and_dataset_in_chromium(small_phantom, isolated_workspace):
         page.screenshot(path=str(SHOTS / "dataset_view.png"))
 
         page.goto(url)
-        wait_rendered(page, ".medaug-balance")
-        assert "imbalance ratio" in page.inner_text(".medaug-balance")
+        wait_rendered(page, HOME_READY)
+        assert "imbalance ratio" in page.inner_text(HOME_READY)
         assert page.locator(".js-plotly-plot").count() == 0   # Home needs no plotly.js
         assert page.locator("[data-testid='stException']").count() == 0
         assert "MedAug Studio" in page.inner_text("body")

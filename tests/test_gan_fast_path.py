@@ -3,7 +3,7 @@ foreach RMSprop, BCE on logits, D's weight gradients skipped in G's update, loss
 against a plain eager loop written as pytorch/examples' DCGAN and Arjovsky et al.'s WGAN write it (NCHW,
 Sigmoid + BCELoss, the default single-tensor optimisers, D.zero_grad() before G's update), fed the same
 weights, real batches and noise. Stated tolerances, fp32 on the CPU: the first step's gradients agree to
-1e-5 (relative norm, per tensor); every loss and D output of every step to 1e-4 (relative); and each
+1e-4 (relative norm, per tensor; measured 1e-6 to 1.2e-5); every loss and D output of every step to 1e-4 (relative); and each
 tensor's change over the steps to 2% (relative norm): Adam's first steps move a weight by about lr whatever
 its gradient's size, so last-bit differences in a near-zero gradient show there, and a wrong learning rate,
 beta or loss would differ by 100%.
@@ -20,7 +20,7 @@ from core.gan.train import GanConfig, GanTrainer
 STEPS = 4
 LOSS_RTOL = 1e-4
 UPDATE_RTOL = 2e-2
-GRAD_RTOL = 1e-5
+GRAD_RTOL = 1e-4   # measured 1e-6 to 1.2e-5 (the BLAS thread count changes the summation order)
 
 
 def fixed_batches(trainer: GanTrainer, n: int, seed: int):

@@ -555,7 +555,7 @@ def test_dataset_page_upload_of_files(small_phantom, isolated_workspace, monkeyp
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="/usr/bin/chromium missing: apt-get install chromium")
 def test_dataset_page_after_importing_a_vindr_folder_in_chromium(vindr_export, isolated_workspace, small_phantom):
-    from tests.browser import chromium_page, serve_app, tall_screenshot, wait_rendered
+    from tests.browser import HOME_READY, chromium_page, serve_app, tall_screenshot, wait_rendered
 
     folder, table = vindr_export
     inside = isolated_workspace / "incoming" / "vindr-browser"
@@ -570,7 +570,7 @@ def test_dataset_page_after_importing_a_vindr_folder_in_chromium(vindr_export, i
            "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     with serve_app(env) as (url, _), chromium_page() as page:
         page.goto(url)
-        wait_rendered(page, ".js-plotly-plot")
+        wait_rendered(page, HOME_READY)
         page.get_by_role("link", name="Dataset").first.click()
         wait_rendered(page, "text=Import data")
         page.get_by_text("Import data: VinDr-SpineXR folder").click()

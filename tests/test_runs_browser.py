@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, chromium_page, serve_app, tall_screenshot, wait_rendered
+from tests.browser import CHROMIUM, HOME_READY, chromium_page, serve_app, tall_screenshot, wait_rendered
 from tests.test_runs import fill_runs
 
 pytestmark = [pytest.mark.browser,
@@ -26,7 +26,7 @@ def test_three_run_comparison_in_chromium(small_phantom, isolated_workspace, tmp
         # Home first: on a fresh server whose first request is a deep link, the first widget change
         # of that session is lost (pages/ui.py's v1-routing workaround; reported to the lead)
         page.goto(url)
-        wait_rendered(page, ".js-plotly-plot")
+        wait_rendered(page, HOME_READY)
         page.goto(f"{url}/runs?runs={','.join(gans)}")
         wait_rendered(page, ".js-plotly-plot")
         assert page.locator("[data-testid='stException']").count() == 0

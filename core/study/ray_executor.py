@@ -36,6 +36,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 from pathlib import Path
 
 from core.study.grid import AUG_SETS, Cell, StudyConfig
@@ -135,17 +137,25 @@ def _task_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)   # the driver's stdout ends with the study's JSON line
 
 
-def _open_study(spec: dict, data):
+class StudyHooks(NamedTuple):
+    """What a task needs of :mod:`core.study.run`, handed in by it (so this module never imports it:
+    run -> ray_executor is the only direction). Ray pickles them by reference; workers import them."""
+    study: Callable    # core.study.run.Study
+    load_data: Callable
+    open_splits: Callable
+    run_cell: Callable
+
+
+def _open_study(spec: dict, data, hooks: StudyHooks):
     """The study as a task sees it: ``data`` (dataset, splits) from the object store, or loaded from
     the study's data path; either way its test split must hash to the study's."""
-    from core.study.run import Study, load_data, open_splits
     from core.study.sets import array_hash
     from core.study.store import TestSplitMismatch
 
     config = StudyConfig.from_dict(spec["config"])
     if data is None:
-        ds = load_data(spec["data"])
-        splits = open_splits(ds, config, _task_log)
+        ds = hooks.load_data(spec["data"])
+        splits = hooks.open_splits(ds, config, _task_log)
     else:   # the object store's arrays are read-only views: the trainers get their own copies
         import copy
 
@@ -157,14 +167,14 @@ def _open_study(spec: dict, data):
     if got != spec["test_hash"]:
         raise TestSplitMismatch(f"the study's test split is {spec['test_hash']}, but this task got {got} from "
                                 f"{spec['data']} on {os.uname().nodename}; every node must see the same dataset.")
-    return Study(ds, config, splits, Path(spec["out"]), spec["study_run_id"], _task_log)
+    return hooks.study(ds, config, splits, Path(spec["out"]), spec["study_run_id"], _task_log)
 
 
-def generator_task(spec: dict, data, variant: str, modes: list[str]) -> dict:
+def generator_task(spec: dict, data, hooks: StudyHooks, variant: str, modes: list[str]) -> dict:
     """A Ray task: this study's ``variant`` generator, trained (or taken from ``OUT/gans``) with its
     synthetic sets for ``modes`` generated, so its cells find them ready."""
     with contextlib.redirect_stdout(sys.stderr):
-        study = _open_study(spec, data)
+        study = _open_study(spec, data, hooks)
         t0 = time.perf_counter()
         for mode in modes:
             study.gan_source(variant, mode)
@@ -172,11 +182,10 @@ def generator_task(spec: dict, data, variant: str, modes: list[str]) -> dict:
                 "host": os.uname().nodename}
 
 
-def cell_task(spec: dict, data, cell: dict, *generators) -> dict:
+def cell_task(spec: dict, data, hooks: StudyHooks, cell: dict, *generators) -> dict:
     """A Ray task: one cell (:func:`core.study.run.run_cell`); ``generators`` (their tasks' results)
     are arguments only so that Ray starts it once they are done."""
     from core.files import write_json_atomic
-    from core.study.run import run_cell
 
     with contextlib.redirect_stdout(sys.stderr):
         c = Cell(cell["set"], cell["network"], int(cell["seed"]))
@@ -184,14 +193,14 @@ def cell_task(spec: dict, data, cell: dict, *generators) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / MARKER, {"cell": c.key, "host": os.uname().nodename, "pid": os.getpid(),
                                             "started": time.time()})
-        study = _open_study(spec, data)
-        return {**run_cell(study, c), "host": os.uname().nodename, "pid": os.getpid()}
+        study = _open_study(spec, data, hooks)
+        return {**hooks.run_cell(study, c), "host": os.uname().nodename, "pid": os.getpid()}
 
 
 # --- the driver -----------------------------------------------------------------------------------
 
-def run_cells_ray(study, pending: list[Cell], progress, *, address: str | None = None, max_retries: int = 3,
-                  data: str = "auto") -> None:
+def run_cells_ray(study, pending: list[Cell], progress, hooks: StudyHooks, *, address: str | None = None,
+                  max_retries: int = 3, data: str = "auto") -> None:
     """Run ``pending`` cells (and the generators they need) as Ray tasks; every outcome goes to
     ``progress`` (:class:`core.study.run.CellProgress`). Returns when every task has ended."""
     if data not in DATA_MODES:
@@ -220,7 +229,7 @@ def run_cells_ray(study, pending: list[Cell], progress, *, address: str | None =
                                                                                      f"{study.ds.root}"))
         gen_fn = ray.remote(**options)(generator_task)
         cell_fn = ray.remote(**options)(cell_task)
-        generators = {v: gen_fn.options(name=f"generator {v}").remote(spec, data_ref, v, sorted(modes))
+        generators = {v: gen_fn.options(name=f"generator {v}").remote(spec, data_ref, hooks, v, sorted(modes))
                       for v, modes in generator_needs(study.config, pending).items()}
         for v, ref in generators.items():
             refs[ref] = ("generator", v)
@@ -228,7 +237,7 @@ def run_cells_ray(study, pending: list[Cell], progress, *, address: str | None =
             variant, _ = cell_generator(study.config, cell)
             deps = [generators[variant]] if variant else []
             ref = cell_fn.options(name=f"cell {cell.key}").remote(
-                spec, data_ref, {"set": cell.set, "network": cell.network, "seed": cell.seed}, *deps)
+                spec, data_ref, hooks, {"set": cell.set, "network": cell.network, "seed": cell.seed}, *deps)
             refs[ref] = ("cell", cell)
         progress.status.update(force=True, message=f"{len(pending)} cells and {len(generators)} generators on Ray",
                                ray_slots=int(gpus or ray.cluster_resources().get("CPU", 1)))

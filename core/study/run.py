@@ -328,9 +328,10 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
                     "specs_dir": str(out / "specs"), "test_hash": splits.test_hash}
         progress = CellProgress(grid, done, status, parent, config.metric, log, executor)
         if executor == "ray":
-            from core.study.ray_executor import run_cells_ray
+            from core.study.ray_executor import StudyHooks, run_cells_ray
 
-            run_cells_ray(study, pending, progress, **(ray_options or {}))
+            hooks = StudyHooks(Study, load_data, open_splits, run_cell)
+            run_cells_ray(study, pending, progress, hooks, **(ray_options or {}))
         else:
             run_cells_here(study, pending, progress)
         csv, wide_csv, table, verdict = write_tables(study, parent)
