@@ -162,3 +162,45 @@ def test_inputs_are_checked():
         stats.paired_delta(y, a, a, "auroc")
     with pytest.raises(ValueError, match="no predictions"):
         stats.compare_cells(y, {"real": a}, [("real", "gan")])
+
+
+# --- the results table's interval over seeds (core.study.results.t_interval) ------------------------
+
+def test_seed_t_interval_equals_scipy_and_is_cut_to_the_metrics_range():
+    from scipy import stats as sps
+
+    from core.study.results import METRIC_BOUNDS, t_interval
+
+    values = [0.31, 0.27, 0.36]
+    mean, sd, lo, hi = t_interval(values)
+    ref = sps.t.interval(0.95, 2, loc=np.mean(values), scale=sps.sem(values))
+    assert (lo, hi) == pytest.approx(ref, rel=1e-12) and sd == pytest.approx(np.std(values, ddof=1))
+    # near 0 the uncut interval reaches below 0, which no macro-F1 can be; the cut keeps the rest
+    near_zero = [0.0, 0.02, 0.21]
+    _, _, raw_lo, raw_hi = t_interval(near_zero)
+    m, _, lo, hi = t_interval(near_zero, METRIC_BOUNDS)
+    assert raw_lo < 0 and lo == 0.0 and hi == raw_hi and lo <= m <= hi
+    _, _, lo, hi = t_interval([1.0, 0.97, 0.80], METRIC_BOUNDS)
+    assert hi == 1.0 and lo > 0
+
+
+def test_seed_t_interval_coverage_over_repeated_draws():
+    """3 seeds a cell: 95% coverage when the per-seed scores are normal, and the cut changes no
+    decision about a possible true value (macro-F1 near 0: Beta draws with mean 0.04)."""
+    from core.study.results import METRIC_BOUNDS, t_interval
+
+    rng = np.random.default_rng(7)
+    hits = np.mean([lo <= 0.3 <= hi for lo, hi in
+                    (t_interval(rng.normal(0.3, 0.05, 3))[2:] for _ in range(4000))])
+    assert 0.94 <= hits <= 0.96   # 4000 draws: SE 0.0034
+    a, b = 0.4, 9.6
+    truth = a / (a + b)
+    cut = uncut = 0
+    for _ in range(4000):
+        v = rng.beta(a, b, 3)
+        _, _, lo, hi = t_interval(v, METRIC_BOUNDS)
+        _, _, rlo, rhi = t_interval(v)
+        assert 0 <= lo <= hi <= 1
+        cut += lo <= truth <= hi
+        uncut += rlo <= truth <= rhi
+    assert cut == uncut

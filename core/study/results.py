@@ -42,6 +42,7 @@ TABLE_COLUMNS = ("set", "set_label", "network", "metric", "n_seeds", "n_test", "
 SENSITIVITY_COLUMNS = ("set", "set_label", "network", "class", "n_seeds", "n_test", "mean", "baseline_mean", "delta",
                        "delta_lo", "delta_hi", "p_value", "p_holm", "verdict", "seed_sd", "mde")
 UNUSABLE = "generator unusable"
+METRIC_BOUNDS = (0.0, 1.0)   # every metric of core.study.grid.METRICS is a proportion or an AUROC
 
 
 def is_tstr(set_key: str) -> bool:
@@ -53,8 +54,11 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def t_interval(values) -> tuple[float, float, float, float]:
-    """(mean, sd, low, high) of a 95% Student-t interval; sd and the bounds are NaN for n < 2."""
+def t_interval(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high) of a 95% Student-t interval; sd and the bounds are NaN for n < 2. The
+    interval is cut to ``bounds``, the values the metric can take (every table metric lies in [0, 1]):
+    that removes only impossible values, so it covers a possible true value exactly when the uncut
+    interval does."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:
         return math.nan, math.nan, math.nan, math.nan
@@ -65,7 +69,7 @@ def t_interval(values) -> tuple[float, float, float, float]:
 
     sd = float(v.std(ddof=1))
     half = float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-    return mean, sd, mean - half, mean + half
+    return mean, sd, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def _ordered_sets(cells: pd.DataFrame, order) -> list[str]:
@@ -150,7 +154,7 @@ def results_table(cells: pd.DataFrame, metric: str = "macro_f1", order=None, bas
             sub = cells[(cells["network"] == net) & (cells["set"] == s)]
             if sub.empty:
                 continue
-            mean, sd, lo, hi = t_interval(sub[metric])
+            mean, sd, lo, hi = t_interval(sub[metric], METRIC_BOUNDS)
             if len(sub) == 1:
                 lo, hi = float(sub[f"{metric}_ci_low"].iloc[0]), float(sub[f"{metric}_ci_high"].iloc[0])
                 method = "bootstrap 95% CI on the test set (1 seed)"
