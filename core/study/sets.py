@@ -212,7 +212,7 @@ def gan_checkpoint(variant: str, splits: Splits, config: StudyConfig, root: Path
             if result.state == "finished" and measured is not None and ref is not None:
                 from core.quality import fidelity
 
-                q = fidelity.final_quality(ref, fidelity.checkpoint_sampler(measured), True,
+                q = fidelity.final_quality(ref, fidelity.checkpoint_sampler(measured, config.device), True,
                                            best_step=result.fidelity["best_step"] or result.step,
                                            checks=result.fidelity["checks"],
                                            **({"max_real": config.diffusion_quality_real} if diffusion else {}))
@@ -317,7 +317,7 @@ def gan_images(variant: str, checkpoint: Path, splits: Splits, config: StudyConf
             shutil.rmtree(staging, ignore_errors=True)
             checkpoints = {"*": str(checkpoint)}
             try:
-                generate_plan(plan, checkpoints, staging, seed=0, device="cpu")
+                generate_plan(plan, checkpoints, staging, seed=0, device=config.device)   # where the study trains
                 staging.rename(folder)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
