@@ -201,7 +201,7 @@ class Run:
     ``on_error(message)``, retries every ``retry_s`` seconds, and reports again when the
     store is back. What is still unsent when the run ends is written to :func:`spill_dir`,
     and ``python -m core tracking-replay DIR`` sends it later. ``error`` holds the current
-    failure (None while healthy)."""
+    failure (None while healthy); ``spilled`` that folder once the run has ended (None: all sent)."""
 
     def __init__(self, mlflow_client, run_id: str, flush_every: int = 200, flush_seconds: float = 5.0,
                  on_error: Callable[[str], None] | None = None, retry_s: float = 30.0):
@@ -218,6 +218,7 @@ class Run:
         self._retry_at = 0.0
         self.logged_through: dict[str, int] = {}   # key -> last step the store held when a run was continued
         self.note = ""                             # how a resumed job's run came about (continue_run)
+        self.spilled: Path | None = None           # where close() saved what the store did not take
 
     # -- failure handling -------------------------------------------------------------------
 
@@ -334,7 +335,8 @@ class Run:
         if self.flush(force=True):
             return None
         try:
-            return self._spill()
+            self.spilled = self._spill()
+            return self.spilled
         except OSError as e:   # the disk is full too: say so, and never hide the job's own error
             self.on_error(f"MLflow store {tracking_uri()} still fails at the end of run {self.run_id} ({self.error}), "
                           f"and what is unsent cannot be saved to {spill_dir(self.run_id)} either ({e}); it is lost.")

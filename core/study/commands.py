@@ -13,7 +13,8 @@
      "cell_epoch": int, "cell_epochs": int, "eta_s": float|null, "run_id": parent run id,
      "results_csv": str (at the end), "out": str, "config": {StudyConfig}, "started", "updated",
      "executor": "local|ray", "cell_states": {cell: "pending|running|finished|failed"}, "cells_pending": int,
-     "cells_running": int, "cells_failed": int, "failed": {cell: reason}, "ray_slots": int (ray)}
+     "cells_running": int, "cells_failed": int, "failed": {cell: reason}, "ray_slots": int (ray),
+     "tracking_spilled": [folder] (a lost tracking store: replay each, then --resume)}
 
 ``--config JSON`` holds StudyConfig fields plus ``data``, ``out``, ``preset``, ``resume``,
 ``plan_only``, ``executor``, ``address``, ``max_retries`` and ``ray_data``; flags given on the command
@@ -112,10 +113,8 @@ def cmd_study(args) -> dict:
                             status=tj.status, executor=job["executor"],
                             ray_options={"address": job["address"], "max_retries": job["max_retries"],
                                          "data": job["ray_data"]})
-        if summary.get("failed"):   # the table of the other cells is written; the job still ends failed
-            from core.study.run import failed_message
-
-            raise ValueError(failed_message(summary["failed"], summary["cells"], out))
+        if summary.get("message"):   # failed cells, a lost tracking store: the job ends failed, saying what to run
+            raise ValueError(summary["message"])
     return {"preset": name, **summary, "status": str(tj.status.path)}
 
 

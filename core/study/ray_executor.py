@@ -17,8 +17,10 @@ executor, and :func:`core.study.run.run_study` opens, resumes and tabulates the 
   and its child run marked KILLED.
 - **Tracking.** Tasks get ``MLFLOW_TRACKING_URI`` (the driver's store, resolved) and ``MEDAUG_HOME``
   through the runtime environment and log into the study's parent run as child runs, exactly as the
-  in-process executor does; a lost tracking server is handled by :mod:`core.tracking` in each task
-  (it trains on, queues, spills under ``MEDAUG_HOME/tracking-spill`` and replays).
+  in-process executor does. A tracking server lost mid-cell is handled by :mod:`core.tracking` in each
+  task: the cell trains on, queues, and spills under ``MEDAUG_HOME/tracking-spill/RUN_ID``; its result
+  names the folder, and :func:`core.study.run.run_study` replays it if the store is back by the end,
+  else writes no table and says what to run (``tracking-replay``, then ``--resume``).
 - **Data.** ``data="object-store"`` puts the dataset record and the study's image arrays in Ray's
   object store once (every task reads them from there); ``"path"`` makes every task load ``--data``
   itself (a path every node must see: a shared file system); ``"auto"`` takes the object store
@@ -207,14 +209,14 @@ def run_cells_ray(study, pending: list[Cell], progress, hooks: StudyHooks, *, ad
         raise ValueError(f"ray data={data!r}: choose one of {', '.join(DATA_MODES)}.")
     if max_retries < 0:
         raise ValueError(f"max_retries={max_retries}: give 0 or more.")
+    if not pending:   # a resumed study with every cell finished: no Ray to start
+        return
     ray = import_ray()
     log = study.log
     ours = connect(address, log)
     refs: dict = {}
     since = time.time() - 1.0
     try:
-        if not pending:
-            return
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         options = {"max_retries": max_retries, "retry_exceptions": False, "runtime_env": {"env_vars": task_env()},

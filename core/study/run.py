@@ -17,6 +17,10 @@
   the tables come from :mod:`core.study.results` (pure: it never imports this module).
 - ``<out>/status.json`` (atomic) keeps pages and job runners current: cells done/total, the
   current cell and its epoch, the ETA, the parent run id and, at the end, the results CSV.
+- A tracking store lost mid-study: each cell trains on and spills what the store did not take
+  (:class:`core.tracking.Run`); at the end the study sends those spills if the store is back, else it
+  writes no table and ends ``failed``, naming each spill folder to replay and then ``--resume``
+  (:func:`tracking_lost_message`).
 """
 from __future__ import annotations
 
@@ -185,6 +189,7 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
     t0 = time.perf_counter()
     # a child left unfinished by an earlier try of this cell (a killed worker, a crash) is continued,
     # with the classifier's checkpoint: one child run per cell, whichever executor retried it
+    tracking.check_store()   # a store lost before this cell began: one clear reason, not MLflow's retries
     previous = unfinished_cell_run(study.run_id, cell.key)
     with tracking.continue_run(previous, KIND_CELL, params, dataset=study.ds, parent_run_id=study.run_id, tags=tags,
                                run_name=f"{cell.set} · {cell.network} · s{cell.seed}") as run:
@@ -218,7 +223,8 @@ def run_cell(study: Study, cell: Cell, *, on_epoch=None, on_stage=None, on_plan=
     seconds = round(time.perf_counter() - t0, 2)
     metric = result.metrics.get(config.metric)
     return {"cell": cell.key, "run_id": run.run_id, "state": result.state, config.metric: metric,
-            "best_epoch": result.best_epoch, "epochs": cfg.epochs, "seconds": seconds, "n_train": len(y)}
+            "best_epoch": result.best_epoch, "epochs": cfg.epochs, "seconds": seconds, "n_train": len(y),
+            "spilled": str(run.spilled) if run.spilled else None}
 
 
 def gen_metrics(quality: dict) -> dict[str, float]:
@@ -302,10 +308,14 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
             "medaug.out": str(out), "medaug.study.cells": len(grid)}
     params = {**config.to_dict(), "data": str(ds.root), "n_cells": len(grid), "class_names": splits.class_names,
               "n_train": len(splits.train_y), "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
+
+    def tracking_trouble(message: str) -> None:   # the study run's own store trouble, in the study's log
+        log(f"  tracking: {message}")
+
     if existing:
-        ctx = tracking.reopen_run(existing["study_run_id"])
+        ctx = tracking.reopen_run(existing["study_run_id"], on_error=tracking_trouble)
     else:
-        ctx = tracking.start_run(KIND_STUDY, params, dataset=ds, tags=tags,
+        ctx = tracking.start_run(KIND_STUDY, params, dataset=ds, tags=tags, on_error=tracking_trouble,
                                  run_name=f"study {ds.name} {len(grid)} cells")
     t_start = time.perf_counter()
     with ctx as parent:
@@ -334,12 +344,28 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
             run_cells_ray(study, pending, progress, hooks, **(ray_options or {}))
         else:
             run_cells_here(study, pending, progress)
-        csv, wide_csv, table, verdict = write_tables(study, parent)
+        spills, tabulate = list(progress.spilled.values()), True
+        try:   # the table comes from MLflow: made only when the store holds every finished cell
+            tracking.check_store()
+            spills = send_spilled(spills, log)
+            tabulate = not spills
+        except tracking.StoreUnavailable as e:
+            tabulate = False
+            log(f"  tracking: {e}")
+        csv = wide_csv = table = verdict = None
+        if tabulate:
+            csv, wide_csv, table, verdict = write_tables(study, parent)
+    if parent.spilled:   # the study run's own data (cells_done, its end) the store did not take
+        spills.append(str(parent.spilled))
     seconds = round(time.perf_counter() - t_start, 1)
     failed = dict(progress.failed)
-    if failed:
-        message = failed_message(failed, len(grid), out)
-        status.update(force=True, state="failed", message=message, eta_s=0.0, results_csv=csv)
+    problems = [failed_message(failed, len(grid), out)] if failed else []
+    if spills or not tabulate:
+        problems.append(tracking_lost_message(spills, tabulate, parent.run_id, out))
+    message = " ".join(problems) or None
+    if message:
+        status.update(force=True, state="failed", message=message, eta_s=0.0, results_csv=csv,
+                      tracking_spilled=spills)
         log(message)
     else:
         status.update(force=True, state="finished", message=f"{len(grid)} cells in {seconds} s", eta_s=0.0,
@@ -348,13 +374,45 @@ def run_study(data: str | Path, config: StudyConfig, out: str | Path, *, resume:
             "skipped": len(done), "ran": len(pending) - len(failed), "failed": failed, "executor": executor,
             "seconds": seconds, "results_csv": csv, "results_wide_csv": wide_csv,
             "metric": config.metric, "test_hash": splits.test_hash, "verdict": verdict,
-            "table": summary_rows(table)}
+            "table": summary_rows(table) if table is not None else [], "tracking_spilled": spills,
+            "message": message}
 
 
 def failed_message(failed: dict[str, str], total: int, out: Path) -> str:
     reasons = "; ".join(f"{key}: {reason}" for key, reason in failed.items())
     return (f"{len(failed)} of {total} cells failed ({reasons}). The table holds the other cells; "
             f"`python -m core study --resume --out {out}` with the same options runs the failed ones again.")
+
+
+def send_spilled(folders: list[str], log: Log) -> list[str]:
+    """Send what cells saved while the tracking store was lost (:func:`core.tracking.replay`), now that
+    it answers again; returns the folders still unsent (one on another node's disk, say)."""
+    from core import tracking
+
+    unsent = []
+    for folder in folders:
+        try:
+            done = tracking.replay(folder)
+        except (ValueError, OSError) as e:   # StoreUnavailable is a ValueError
+            log(f"  tracking: {folder} not sent: {e}")
+            unsent.append(folder)
+            continue
+        log(f"  tracking: the store is back; sent what run {done['run_id']} saved in {folder}")
+    return unsent
+
+
+def tracking_lost_message(spills: list[str], tabulated: bool, run_id: str, out: Path) -> str:
+    """What a study whose tracking store was lost (and not back, or not for everything) tells the user to run."""
+    from core import tracking
+
+    lost = (f"The tracking store {tracking.tracking_uri()} was lost: "
+            + ("the table is written, but the study run's last tracking data is not in MLflow yet. " if tabulated else
+               "every cell that ran trained to its end, but the table is made from MLflow, which does not hold them "
+               "all yet, so it was not written. "))
+    replays = "".join(f"`python -m core tracking-replay {folder}`, " for folder in spills)
+    return (lost + f"Once the store is back, run {replays}then `python -m core study --resume --out {out}` with the "
+            f"same options (it runs only the cells that did not finish, writes the table and logs it to study run "
+            f"{run_id}), or `python -m core study-results --study {run_id}` for the table alone.")
 
 
 def run_cells_here(study: Study, pending: list[Cell], progress: CellProgress) -> None:
@@ -410,6 +468,7 @@ class CellProgress:
                  executor: str = "local"):
         self.states = {c.key: ("finished" if c.key in done else "pending") for c in grid}
         self.failed: dict[str, str] = {}
+        self.spilled: dict[str, str] = {}   # cell -> the folder its unsent tracking data went to (a lost store)
         self.status, self.parent, self.metric, self.log = status, parent, metric, log
         self.n_before = len(done)
         self.ran = 0
@@ -450,6 +509,8 @@ class CellProgress:
                  + (f"{value:.4f}" if isinstance(value, (int, float)) else str(value))
                  + f"  best epoch {summary.get('best_epoch')}  {summary.get('seconds', math.nan):.1f} s  "
                  f"({summary.get('n_train')} training images, {summary.get('epochs')} epochs)")
+        if summary.get("spilled"):
+            self.spilled[cell.key] = summary["spilled"]
         n = self.n_finished
         self.parent.log_metrics({"cells_done": n}, step=n)
         self.status.update(force=True, **self.fields(), **extra)
