@@ -9,9 +9,10 @@
 #      fp32 loop with the same UNet (under a minute);
 #   4. classifier speed: bench/classify.py --device cuda (small CNN, ResNet-18 and VGG16 at 224 px, target 2x);
 #   5. with the project's full requirements installed (pandas, mlflow, scipy: skipped on a torch-only box):
-#      the `standard` study preset end to end on the GPU, and the `paper` preset's real-only cells (VGG16 and
-#      Inception-v3 at 224 px, 30 epochs) timed, for its per-cell time and a projected total (an estimate:
-#      cells with synthetic images train on more images per epoch).
+#      the `standard` study preset end to end on the GPU; the `paper` preset's real-only cells (VGG16 and
+#      Inception-v3 at 224 px, 30 epochs) timed and set against bench/study_estimate.py's estimate of them;
+#      then the whole paper preset's wall time on 1 and 8 GPUs from the rates measured here (an estimate:
+#      core.study.estimate replays the Ray executor's schedule).
 # Usage: bash bench/gpu_checks.sh        (PYTHON=... picks the interpreter; REFERENCE=... the path of
 #        reference_dcgan.py when it is not in ../shared/bench/ or ./shared/bench/)
 set -euo pipefail
@@ -72,9 +73,13 @@ if $PY -c "import pandas, mlflow, scipy, streamlit" 2>/dev/null; then
   echo "standard study on the GPU: $(( $(date +%s) - t )) s"
   t=$(date +%s)
   $PY -m core study --preset paper --sets real --seeds 0 --device cuda --out "$work/paper-real" | tail -1
-  cell=$(( ($(date +%s) - t) / 2 ))
-  n=$($PY -c "from core.study.grid import preset, cells; print(len(cells(preset('paper'))))")
-  echo "paper preset: ${cell} s per real-only cell (VGG16 and Inception-v3, mean of 2); $n cells -> about $(( n * cell / 3600 )) h on one GPU, $(( n * cell / 8 / 3600 )) h on 8 (an estimate: classifier cells only, real-only size; generators not included)"
+  real_cells=$(( $(date +%s) - t ))
+  echo "paper preset, real-only cells (VGG16 and Inception-v3, 30 epochs, one after the other): ${real_cells} s"
+  # the rates on this GPU, the estimate of those two cells against their measured time, then the whole preset
+  # (every generator measured too) on 1 and 8 GPUs at the phantom's and at VinDr-SpineXR's size: an estimate
+  $PY bench/study_estimate.py --preset paper --device cuda --sets real --seeds 0 --check-wall "$real_cells" \
+      --save-rates "$work/rates.json" | grep -E "img/s|check:"
+  $PY bench/study_estimate.py --preset paper --device cuda --rates "$work/rates.json" --vindr
   rm -rf "$work"
 else
   echo "study presets: skipped (this machine lacks the project's requirements; pip install -r requirements.txt)"

@@ -4,14 +4,16 @@ here with the study's own trainers: an ESTIMATE (core.study.estimate says what i
 
 Measured on --device, at the preset's settings: each network's training images/s (the trainer's
 step at the preset's batch and image size) and evaluation images/s; each generator's seconds per
-training step (fidelity checks off) and its sampling rate (DDIM steps and guidance of the preset for
-the diffusion model). Sizes: the dataset's splits (default the built-in phantom), and VinDr-SpineXR's
+training step (fidelity checks off; with --batch B measured at batch B and scaled linearly to the
+preset's batch) and its sampling rate (the diffusion model: the preset's DDIM steps and guidance; on a CPU
+timed at 5 steps and scaled linearly). Sizes: the dataset's splits (default the built-in phantom), and VinDr-SpineXR's
 (8,389 training images split 7:1 into train and validation, 2,077 test) with the dataset's class
 proportions; both are printed. Then core.study.estimate replays the Ray executor's schedule.
 
     python bench/study_estimate.py --device cuda                  # the paper preset on this GPU
     python bench/study_estimate.py --device cuda --vindr          # last line at VinDr-SpineXR's size
-    python bench/study_estimate.py --preset quick --check-wall 722  # compare with a measured run
+    python bench/study_estimate.py --preset paper --batch 8       # a CPU: minutes, not hours
+    python bench/study_estimate.py --preset quick --sets real --check-wall 41   # against a measured run
 Last line: ``study_estimate: seconds=<wall on 8 workers> one_worker=<wall on 1> (an estimate)``.
 """
 import argparse
@@ -43,14 +45,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="paper", help="quick, standard or paper (default)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--sets", default=None, help="comma-separated: only these sets of the preset (real is always in)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead of the preset's")
     p.add_argument("--data", default=None, help="dataset folder for the split sizes (default: the built-in phantom)")
     p.add_argument("--vindr", action="store_true", help="the last line at VinDr-SpineXR's split sizes (with the "
                                                         "dataset's class proportions; both are printed)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per network and generator, after as many "
                                                            "untimed ones (default 2 on a CPU, 20 on a GPU)")
-    p.add_argument("--batch", type=int, default=None, help="measure at this batch (default: the preset's on a GPU, "
-                                                            "at most 8 on a CPU); a generator's s/step is scaled "
-                                                            "linearly to the preset's batch, images/s are used as they are")
+    p.add_argument("--batch", type=int, default=None, help="measure at this batch (default: the preset's; 8 keeps "
+                                                            "the paper preset's CPU run to minutes); a generator's "
+                                                            "s/step is scaled linearly to the preset's batch, images/s "
+                                                            "are used as they are")
     p.add_argument("--rates", default=None, help="JSON of rates measured before (from --save-rates): only what it "
                                                  "lacks is measured")
     p.add_argument("--save-rates", default=None, help="write the rates (measured and read) to this JSON file")
@@ -75,6 +80,10 @@ def main() -> None:
     gpu = a.device.startswith("cuda")
     n = a.steps or (20 if gpu else 2)
     config = dataclasses.replace(preset(a.preset), device=a.device)
+    if a.sets:
+        config = dataclasses.replace(config, sets=("real", *[k for k in a.sets.split(",") if k != "real"]))
+    if a.seeds:
+        config = dataclasses.replace(config, seeds=tuple(a.seeds))
     workers = tuple(int(w) for w in a.workers.split(","))
 
     def sync():
@@ -115,7 +124,7 @@ def main() -> None:
             print(f"  {net}: train {train_rate[net]:.3g} img/s, eval {eval_rate[net]:.3g} img/s (from {a.rates})")
             continue
         cfg = classifier_config(config, Cell("real", net, 0), epochs=1000)
-        cfg = dataclasses.replace(cfg, batch_size=a.batch or (cfg.batch_size if gpu else min(cfg.batch_size, 8)))
+        cfg = dataclasses.replace(cfg, batch_size=a.batch or cfg.batch_size)
         size = cfg.image_size
         m_img = max(2 * n * cfg.batch_size, 64)
         images = rng.integers(0, 256, (m_img, size, size), dtype=np.uint8)
@@ -158,12 +167,10 @@ def main() -> None:
             print(f"  generator {v}: {step_s[v]:.4g} s/step, sampling {sample_rate[v]:.3g} img/s (from {a.rates})")
             continue
         full = gan_config(config, v, present, max(sizes.n_train, 64))
-        batch = a.batch or (full.batch if gpu else min(full.batch, 8))
+        batch = a.batch or full.batch
         common = dict(max_steps=2 * n, max_seconds=None, fidelity_every=None, fidelity_patience=None, log_every=n,
                       batch=batch, grid_size=len(full.classes))   # one grid image a class: the grid is not timed
         if v == DIFFUSION:
-            from core.diffusion.train import train_diffusion as train
-
             gcfg = dataclasses.replace(full, grid_every=2 * n, **common)
         else:
             from core.gan.train import train_gan as train
@@ -173,21 +180,45 @@ def main() -> None:
         m_img = max(gcfg.batch * 2, 64)
         images = rng.integers(0, 256, (m_img, res, res), dtype=np.uint8)
         labels = rng.integers(0, len(gcfg.classes), m_img)
-        stamps = {}
-        with tempfile.TemporaryDirectory() as out:
-            r = train(images, labels, gcfg, out, on_step=lambda step, metrics: stamps.setdefault(step, time.perf_counter()))
-            if r.state != "finished" or n not in stamps or 2 * n not in stamps:
-                raise SystemExit(f"{v}: the timing run did not finish ({r.state}: {r.message})")
-            step_s[v] = (stamps[2 * n] - stamps[n]) / n * full.batch / batch   # linear in the batch
-            extra = {"steps": config.diffusion_sample_steps, "guidance": config.diffusion_guidance} \
-                if v == DIFFUSION else {}
-            n_sample = 2 if (v == DIFFUSION and not gpu) else 64
-            if gpu or v != DIFFUSION:
-                generate_images(r.checkpoint, 2, gcfg.classes[0], device=a.device, **extra)   # warm
-            t0 = time.perf_counter()
-            generate_images(r.checkpoint, n_sample, gcfg.classes[0], device=a.device, **extra)
+        if v == DIFFUSION:   # the trainer's step and the DDIM sampler, timed directly (a grid costs minutes on a CPU)
+            from core.diffusion.ddim import ddim_sample
+            from core.diffusion.train import DiffusionTrainer
+
+            trainer = DiffusionTrainer(images, labels, gcfg)
+            for _ in range(n):
+                trainer.train_step()
+            trainer.read_stats()
             sync()
-            sample_rate[v] = n_sample / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                trainer.train_step()
+            trainer.read_stats()
+            sync()
+            step_s[v] = (time.perf_counter() - t0) / n * full.batch / batch   # linear in the batch
+            k_img = 64 if gpu else 2
+            steps = config.diffusion_sample_steps if gpu else 5   # on a CPU: 5 steps, scaled (linear in the steps)
+            noise = torch.randn(k_img, 1, res, res, generator=torch.Generator().manual_seed(1))
+            ys = torch.arange(k_img) % len(gcfg.classes)
+            dev = trainer.device
+            ddim_sample(trainer.ema, gcfg, noise, ys, 2, config.diffusion_guidance, dev, trainer.bf16)   # warm
+            sync()
+            t0 = time.perf_counter()
+            ddim_sample(trainer.ema, gcfg, noise, ys, steps, config.diffusion_guidance, dev, trainer.bf16).cpu()
+            sample_rate[v] = k_img / ((time.perf_counter() - t0) * config.diffusion_sample_steps / steps)
+            del trainer
+        else:
+            stamps = {}
+            with tempfile.TemporaryDirectory() as out:
+                r = train(images, labels, gcfg, out,
+                          on_step=lambda step, metrics: stamps.setdefault(step, time.perf_counter()))
+                if r.state != "finished" or n not in stamps or 2 * n not in stamps:
+                    raise SystemExit(f"{v}: the timing run did not finish ({r.state}: {r.message})")
+                step_s[v] = (stamps[2 * n] - stamps[n]) / n * full.batch / batch   # linear in the batch
+                generate_images(r.checkpoint, 2, gcfg.classes[0], device=a.device)   # warm
+                t0 = time.perf_counter()
+                generate_images(r.checkpoint, 64, gcfg.classes[0], device=a.device)
+                sync()
+                sample_rate[v] = 64 / (time.perf_counter() - t0)
         print(f"  generator {v} at {res} px, width {gcfg.width}, measured at batch {batch}: {step_s[v]:.4g} s/step "
               f"at batch {full.batch}, sampling {sample_rate[v]:.3g} img/s")
         save()
@@ -201,12 +232,12 @@ def main() -> None:
         walls[label] = est["wall_s"]
         by_kind: dict[str, list[float]] = {}
         for task in est["tasks"]:
-            name = task.name.split("|")[0].replace("cell ", "cell: set ") if task.name.startswith("cell") else task.name
+            name = " · ".join(task.name.split("|")[:2]) if task.name.startswith("cell") else task.name
             by_kind.setdefault(name, []).append(task.seconds)
         print(f"{what if label == 'dataset' else vindr_what}: {est['n_generators']} generators, {est['n_cells']} cells "
               f"({s.n_train} train, {s.n_val} val, {s.n_test} test); seconds per task:")
         for name, secs in by_kind.items():
-            print(f"  {name:<40} {len(secs):3d} x {statistics.median(secs):10.0f} s")
+            print(f"  {name:<34} {len(secs):3d} x {statistics.median(secs):9.0f} s ({duration_text(statistics.median(secs))})")
         print(f"  sum of all tasks {duration_text(est['total_s'])}; critical path (longest generator + a cell after "
               f"it) {duration_text(est['critical_path_s'])}")
         for w, sec in est["wall_s"].items():
