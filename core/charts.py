@@ -431,3 +431,88 @@ def reader_study_figure(readers: pd.DataFrame, generators: pd.DataFrame, pooled:
                                       "orange: better than chance (p < 0.05)", font=dict(size=14)))
     fig.update_annotations(font_size=13)
     return fig
+
+
+# --- a study's cells by state (the Classify page's live view of a study job) -------------------
+# Okabe-Ito colours (colour-blind-safe), each state also drawn differently: pending hollow, running
+# striped, finished solid, failed with a cross, so the board reads without colour too
+CELL_STATE_STYLES = {
+    "pending": "background:#EDEFF2;border:1px solid #8A949E",
+    "running": "background:repeating-linear-gradient(135deg,#56B4E9 0 3px,#0072B2 3px 6px);border:1px solid #0072B2",
+    "finished": "background:#009E73;border:1px solid #007A59",
+    "failed": "background:#D55E00;border:1px solid #A84A00;color:#fff",
+}
+CELL_STATE_ORDER = ("finished", "running", "pending", "failed")
+_CELL_PX = 16
+
+
+def _cell_parts(key: str) -> tuple[str, str, str]:
+    """``set|network|sN`` (core.study.grid.Cell.key) as its three parts; another key is a set of its own."""
+    parts = str(key).split("|")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (str(key), "", "")
+
+
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed[1:])) if seed[:1] == "s" and seed[1:].isdigit() else (1, seed)
+
+
+def cell_board_html(states: dict, failed: dict | None = None, set_labels: dict | None = None) -> str:
+    """A study's cells as a board of small squares in plain HTML (no script): one row per augmentation
+    set (in the order the cells come), one column per network x seed (grouped by network), each square
+    coloured by its state (``pending``, ``running``, ``finished``, ``failed``; class
+    ``medaug-cell-<state>``) with the cell key, its state and a failed cell's reason as its tooltip,
+    above a legend with the count per state. ``states``: cell key -> state (status.json's
+    ``cell_states``); ``failed``: cell key -> reason; ``set_labels``: set key -> row label."""
+    from html import escape
+
+    failed, set_labels = failed or {}, set_labels or {}
+    sets: list[str] = []
+    seeds_of: dict[str, list[str]] = {}
+    where: dict[tuple[str, str, str], str] = {}
+    for key, state in states.items():
+        s, net, seed = _cell_parts(key)
+        if s not in sets:
+            sets.append(s)
+        seeds = seeds_of.setdefault(net, [])
+        if seed not in seeds:
+            seeds.append(seed)
+        where[(s, net, seed)] = key
+    for seeds in seeds_of.values():
+        seeds.sort(key=_seed_order)
+    counts = {state: sum(v == state for v in states.values()) for state in CELL_STATE_ORDER}
+    others = len(states) - sum(counts.values())
+    box = (f"display:inline-block;box-sizing:border-box;width:{_CELL_PX}px;height:{_CELL_PX}px;border-radius:3px;"
+           f"font-size:11px;line-height:{_CELL_PX - 2}px;text-align:center;vertical-align:middle")
+    row_h = f"height:{_CELL_PX}px;margin:0 0 3px 0;line-height:{_CELL_PX}px"
+
+    def square(key: str | None) -> str:
+        if key is None:   # no such cell in this study (a grid with gaps): an empty slot
+            return f'<span style="{box}"></span>'
+        state = str(states[key])
+        style = CELL_STATE_STYLES.get(state, "background:#fff;border:1px dashed #8A949E")
+        tip = f"{key}: {state}" + (f" — {failed[key]}" if key in failed else "")
+        mark = "×" if state == "failed" else ""
+        return (f'<span class="medaug-cell medaug-cell-{escape(state)}" title="{escape(tip)}" '
+                f'style="{box};{style}">{mark}</span>')
+
+    legend = " ".join(
+        f'<span style="white-space:nowrap;margin-right:.9em"><span style="{box};{CELL_STATE_STYLES[state]};'
+        f'margin-right:.3em">{"×" if state == "failed" else ""}</span>{state} {counts[state]}</span>'
+        for state in CELL_STATE_ORDER) + (f' <span style="white-space:nowrap">other {others}</span>' if others else "")
+    label_col = "".join(f'<div style="{row_h};white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
+                        f'max-width:22rem" title="{escape(str(s))}">{escape(str(set_labels.get(s, s)))}</div>'
+                        for s in sets)
+    header = f'<div style="{row_h}"></div><div style="{row_h}"></div>'
+    groups = []
+    for net, seeds in seeds_of.items():
+        seed_row = "".join(f'<span style="{box};font-size:10px;color:#52606D">{escape(seed)}</span>' for seed in seeds)
+        rows = "".join(f'<div style="{row_h};display:flex;gap:3px">'
+                       + "".join(square(where.get((s, net, seed))) for seed in seeds) + "</div>" for s in sets)
+        groups.append(f'<div class="medaug-board-network"><div style="{row_h};font-weight:600;white-space:nowrap">'
+                      f'{escape(net)}</div><div style="{row_h};display:flex;gap:3px">{seed_row}</div>{rows}</div>')
+    return ('<div class="medaug-board" role="img" aria-label="Study cells by state: '
+            + escape(", ".join(f"{counts[s]} {s}" for s in CELL_STATE_ORDER)) + '">'
+            f'<div style="font-size:.85rem;margin-bottom:.5em">{legend}</div>'
+            f'<div style="display:flex;gap:1.2rem;align-items:flex-start;font-size:.8rem;overflow-x:auto">'
+            f'<div class="medaug-board-sets" style="text-align:right">{header}{label_col}</div>{"".join(groups)}</div>'
+            f'</div>')

@@ -2,12 +2,16 @@
 networks x seeds) as background jobs, watch them live, and read the study's answer from MLflow:
 the results table, CI bars, the per-class Δ sensitivity heatmap, epoch curves, confusion matrices."""
 import json
+import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core import jobs, runs, tracking
-from core.charts import classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure, study_bar_figure
+from core.charts import (cell_board_html, classifier_curves_figure, confusion_matrix_figure, delta_heatmap_figure,
+                         study_bar_figure)
 from core.study.grid import AUG_SETS, GAN_VARIANTS, METRICS, PRESETS, cells, preset
 from core.study.results import delta_sensitivity, wide_table
 from pages import ui
@@ -20,6 +24,13 @@ st.caption("Does augmentation help, for which class, by how much? Every cell tra
            "tested on the same test split.")
 JOB_COMMANDS = ("study", "train-classifier")
 CURVE_KEYS = ["train_loss", "val_loss", "train_acc", "val_acc", "val_macro_f1"]
+RUN_ON = {"This machine": "local", "Ray cluster": "ray"}
+RAY_DATA_HELP = {"auto": "the object store for a dataset up to 512 MB, else each task loads the folder",
+                 "object-store": "the images travel once through Ray's object store to every task",
+                 "path": "every task loads the dataset folder itself: a path every node must see (a shared disk)"}
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*" \
+        r"|\[[0-9A-Fa-f:.]+\])"
+_ADDRESS = re.compile(rf"(?:ray://)?{_HOST}:(\d{{1,5}})")
 
 
 @st.cache_data(show_spinner=False)
@@ -58,11 +69,13 @@ def study_form() -> None:
         cap = g[-1].number_input("Synthetic per real image (cap)", 0.0, 100.0, float(base.gan_cap), step=0.5,
                                  key=f"st_cap_{name}", help="The balancing planner tops classes up to the largest "
                                                             "class, at most this many synthetic images per real one.")
+    executor, ray_fields, problem = run_on_choice()
     fields = {"sets": ["real", *[s for s in sets if s != "real"]], "networks": networks,
               "seeds": list(range(int(n_seeds))), "epochs": int(epochs), "image_size": int(size), "device": device,
-              "gan_steps": steps, "gan_cap": float(cap), "preset": name, "data": str(ds.root), "out": "{job_dir}"}
+              "gan_steps": steps, "gan_cap": float(cap), "preset": name, "data": str(ds.root), "out": "{job_dir}",
+              "executor": executor, **ray_fields}
     try:
-        _, _, config = jobs.validate("study", fields)
+        _, _, config = jobs.validate("study", {**fields, "address": None} if problem else fields)
         if not networks:
             raise ValueError("choose at least one network.")
     except ValueError as e:
@@ -71,10 +84,74 @@ def study_form() -> None:
     n = len(cells(config))
     gans = config.gan_variants()
     st.caption(f"**{n} cells** ({len(config.sets)} sets × {len(config.networks)} networks × {len(config.seeds)} seeds)"
-               + (f", plus one generator each: {', '.join(gans)}" if gans else "") + f". Dataset `{ds.id}`.")
-    job = ui.launch_button("study", fields, "Launch study", label=f"study · {name} · {n} cells", key="st_launch")
+               + (f", plus one generator each: {', '.join(gans)}" if gans else "") + f". Dataset `{ds.id}`. "
+               + at_once_text(executor, ray_fields.get("address")))
+    on_ray = executor == "ray"
+    job = ui.launch_button("study", fields, "Launch study on Ray" if on_ray else "Launch study", key="st_launch",
+                           label=f"study · {name} · {n} cells" + (" · Ray" if on_ray else ""), problem=problem,
+                           icon=":material/hub:" if on_ray else ":material/play_arrow:")
     if job is not None:
         launched(job)
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with the shape of a Ray address (None when it looks right; blank and ``auto`` are
+    right). The address itself is only tried by the job: the app never imports ray."""
+    a = address.strip()
+    if not a or a == "auto":
+        return None
+    if a.startswith(("http://", "https://")):
+        return (f"Ray address {a!r} is a web address (like the dashboard's or the Jobs API's); give "
+                f"the cluster's HOST:6379, or ray://HOST:10001 for Ray Client.")
+    if "://" in a and not a.startswith("ray://"):
+        return f"Ray address {a!r}: the only scheme is ray:// (Ray Client, like ray://HOST:10001)."
+    m = _ADDRESS.fullmatch(a)
+    if m is None:
+        port_hint = "ray://HOST:10001" if a.startswith("ray://") else "HOST:6379"
+        return (f"Ray address {a!r} is not of the shape {port_hint}: leave it blank (a local Ray on this machine), "
+                f"or write auto, HOST:6379 or ray://HOST:10001.")
+    if not 1 <= int(m.group(1)) <= 65535:
+        return f"Ray address {a!r}: port {m.group(1)} is not a port (1-65535)."
+    return None
+
+
+def local_gpus() -> int:
+    gpus = Path("/proc/driver/nvidia/gpus")   # no torch import just to count GPUs (as core.jobs does)
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def at_once_text(executor: str, address: str | None) -> str:
+    """How many cells run at once, for the form's caption."""
+    if executor != "ray":
+        return "On this machine: **1 cell at a time**, in the job's own process."
+    if not address:
+        gpus, cpus = local_gpus(), os.cpu_count() or 1
+        return (f"On a local Ray started on this machine: **{gpus or cpus} cells at once** "
+                f"(one per {'GPU' if gpus else 'CPU core'}), each generator a task of its own.")
+    return ("On the Ray cluster: **as many cells at once as it has GPUs** (or CPUs, without GPUs), each generator a "
+            "task of its own. `--out` and the MLflow store must be on paths every node sees.")
+
+
+def run_on_choice() -> tuple[str, dict, str | None]:
+    """The form's "Run on" part: (executor, its job fields, what is wrong with them or None)."""
+    where = st.radio("Run on", list(RUN_ON), horizontal=True, key="st_run_on",
+                     help="This machine: the cells one after another in the job's process. Ray cluster: every "
+                          "generator and cell is a Ray task, as many at once as the cluster has GPUs (or CPUs).")
+    if RUN_ON[where] == "local":
+        return "local", {}, None
+    c = st.columns([3, 1, 2])
+    address = c[0].text_input("Ray address", key="st_ray_address", placeholder="blank: a local Ray on this machine",
+                              help="Blank: start a local Ray with this machine's CPUs and GPUs. auto: the Ray started "
+                                   "here with `ray start --head`. HOST:6379: a cluster's head. ray://HOST:10001: Ray "
+                                   "Client. A cluster with token authentication (Ray's default for `ray start`) needs "
+                                   "RAY_AUTH_MODE=token and its token where the app runs.").strip()
+    retries = c[1].number_input("Retries per cell", 0, 100, 3, key="st_ray_retries",
+                                help="Ray retries a cell whose worker died (killed, out of memory, node lost); the "
+                                     "retry continues the cell's MLflow run. A cell that raises is not retried.")
+    data = c[2].selectbox("Data", list(RAY_DATA_HELP), key="st_ray_data",
+                          help="How tasks get the images: " + "; ".join(f"{k}: {v}" for k, v in RAY_DATA_HELP.items())
+                               + ". Either way --out and the MLflow store must be on paths every node sees.")
+    return "ray", {"address": address or None, "max_retries": int(retries), "ray_data": data}, address_problem(address)
 
 
 def single_form() -> None:
@@ -131,17 +208,41 @@ def curves_and_confusion(run_id: str, where: str, best_epoch: int | None = None,
 def study_progress(job: jobs.Job) -> None:
     s = job.status
     total, done = s.get("cells_total"), s.get("cells_done") or 0
+    states = s.get("cell_states") or {}
     if total:
         eta = s.get("eta_s")
         cur = s.get("current")
-        text = f"cells {done}/{total}"
-        if cur and job.active:
+        if states:   # per-state counts (both executors keep them): finished · running · pending · failed
+            n = {k: s.get(f"cells_{k}", sum(v == k for v in states.values())) or 0
+                 for k in ("pending", "running", "failed")}
+            text = f"finished {done}/{total} · running {n['running']} · pending {n['pending']} · failed {n['failed']}"
+        else:        # a status file from before the per-state fields
+            text = f"cells {done}/{total}"
+        if cur and job.active and s.get("executor", "local") == "local":
             text += f" · now {cur} (epoch {s.get('cell_epoch', 0)}/{s.get('cell_epochs', '?')})"
-        if eta and job.active:
+        if job.active and eta is not None:
             text += f" · ETA {eta / 60:.1f} min"
+        elif job.active and states:
+            text += " · ETA after the first cell"
         st.progress(min(1.0, done / total), text=text)
+    notes = []
+    if s.get("executor") == "ray":
+        notes.append("Run on Ray" + (f": {s['ray_slots']} cells at once" if s.get("ray_slots") else ""))
     if s.get("message") and job.active:
-        st.caption(s["message"])
+        notes.append(str(s["message"]))
+    if notes:
+        st.caption(" · ".join(notes))
+    if states:
+        st.html(cell_board_html(states, s.get("failed") or {}, {k: a.label for k, a in AUG_SETS.items()}))
+    failed = s.get("failed") or {}
+    if failed:
+        lines = [f"- `{cell}`: {str(reason)[:500]}" for cell, reason in failed.items()]
+        text = (f"**{len(failed)} cell{'s' if len(failed) > 1 else ''} failed** (`--resume` reruns only the "
+                f"unfinished cells):\n" + "\n".join(lines[:5]))
+        st.error(text, icon=":material/error:")
+        if len(lines) > 5:
+            with st.expander(f"All {len(lines)} failed cells"):
+                st.markdown("\n".join(lines))
     if s.get("run_id") and done:
         results_view(s["run_id"], f"live_{job.id}", s.get("config", {}).get("metric", "macro_f1"), compact=True)
 
