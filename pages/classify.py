@@ -244,7 +244,8 @@ def study_progress(job: jobs.Job) -> None:
             with st.expander(f"All {len(lines)} failed cells"):
                 st.markdown("\n".join(lines))
     if s.get("run_id") and done:
-        results_view(s["run_id"], f"live_{job.id}", s.get("config", {}).get("metric", "macro_f1"), compact=True)
+        results_view(s["run_id"], f"live_{job.id}", s.get("config", {}).get("metric", "macro_f1"), compact=True,
+                     cells_done=done)
 
 
 def classifier_progress(job: jobs.Job) -> None:
@@ -270,7 +271,9 @@ def live_panel() -> None:
 
 
 @st.cache_data(show_spinner="Paired tests against real only…", ttl=30)
-def study_answer(run_id: str, metric: str, per_class: bool) -> dict:
+def study_answer(run_id: str, metric: str, per_class: bool, cells_done: int | None = None) -> dict:
+    """The study's answer from MLflow; ``cells_done`` (a live job's count) is only part of the cache key, so
+    the live table follows each finished cell instead of lagging up to the cache's 30 s."""
     from core.study.verdict import study_answer as answer
 
     return answer(run_id, metric, per_class=per_class)
@@ -291,9 +294,10 @@ def styled(table: pd.DataFrame):
     return text.style.apply(lambda _: delta.map(tint), axis=None)
 
 
-def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: bool = False) -> None:
+def results_view(run_id: str, where: str, metric: str = "macro_f1", compact: bool = False,
+                 cells_done: int | None = None) -> None:
     try:
-        answer = study_answer(run_id, metric, not compact)
+        answer = study_answer(run_id, metric, not compact, cells_done)
     except ValueError as e:   # e.g. cells tested on different test splits
         st.error(str(e))
         return
