@@ -4,6 +4,7 @@ Heavy modules (torch, mlflow) are never imported here; pages import them when ne
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -59,13 +60,24 @@ def _leave_v1_routing() -> None:
     (v1) multipage app until ``st.navigation`` has run once in the server process. If the
     first request after a server start is a deep link (say ``/gan``), the page script runs
     without app.py and every file in pages/ becomes a menu entry, for the whole process.
-    Registering our navigation here ends that mode; the page itself goes on running."""
+    Registering our navigation here ends that mode. The run is then started again, now through
+    app.py's navigation: a page drawn in the old mode gives its widgets other ids than the same page
+    under ``st.navigation``, so the user's first change (a click, a typed value) was dropped. It
+    restarts on the same page with the same query (``?runs=...``), once per session (its first run
+    has no click to lose). Not under AppTest: it re-enters the old mode on every run and keeps the
+    old mode's page ids, which a restart under st.navigation would replace."""
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # a future Streamlit without the v1 mode
         return
     if PagesManager.uses_pages_directory:
         navigation()
+        page = Path(sys._getframe(2).f_globals.get("__file__", ""))   # the page that called setup()
+        own = {Path(path).name: path for path, _, _ in PAGES}
+        testing = "streamlit.testing.v1.app_test" in sys.modules
+        if page.name in own and not testing and not st.session_state.get("_medaug_routed"):
+            st.session_state["_medaug_routed"] = True
+            st.switch_page(own[page.name], query_params=st.query_params.to_dict())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

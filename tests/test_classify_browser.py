@@ -46,7 +46,7 @@ def test_ray_form_and_live_cell_board_in_chromium(small_phantom, isolated_worksp
     import sys
     import time
 
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 
     from core import jobs
     from core.study.grid import StudyConfig, cells
@@ -78,25 +78,21 @@ def test_ray_form_and_live_cell_board_in_chromium(small_phantom, isolated_worksp
         with serve_app(env) as (url, _), chromium_page() as page:
             page.goto(f"{url}/classify")
             wait_rendered(page, "text=Launch study")
-            # the first widget change after this page loads is lost (seen for the Seeds input too), so try again
-            for _ in range(3):
-                page.get_by_role("radio", name="Ray cluster").check(force=True)
-                try:
-                    wait_rendered(page, "text=Ray address", 15_000)
-                    break
-                except PlaywrightTimeout:
-                    pass
-            wait_rendered(page, "text=Ray address")
+            # one click: the first widget change after a deep link to a fresh server is kept (pages.ui
+            # _leave_v1_routing; it used to be dropped)
+            page.get_by_role("radio", name="Ray cluster").check(force=True)
+            wait_rendered(page, "text=Ray address", 15_000)
             address = page.get_by_label("Ray address", exact=True).and_(page.locator("input"))
             address.fill("head")
             address.press("Enter")
             wait_rendered(page, "text=is not of the shape HOST:6379")
-            assert page.get_by_role("button", name="Launch study on Ray").is_disabled()
+            # the button is drawn after the message: wait for the rerun to reach it
+            expect(page.get_by_role("button", name="Launch study on Ray")).to_be_disabled(timeout=15_000)
             page.screenshot(path=str(SHOTS / "classify_ray_bad_address.png"))
             address.fill("ray://head-svc:10001")
             address.press("Enter")
             wait_rendered(page, "text=as many cells at once as it has GPUs")
-            assert page.get_by_role("button", name="Launch study on Ray").is_enabled()
+            expect(page.get_by_role("button", name="Launch study on Ray")).to_be_enabled(timeout=15_000)
             tall_screenshot(page, SHOTS / "classify_ray_form.png")
 
             page.get_by_role("tab", name="Live jobs").click()

@@ -20,9 +20,7 @@ SHOTS = Path(__file__).resolve().parent / "artifacts"
 
 def open_tab(page, url: str, tab: str, ready: str) -> None:
     """The Diffusion page's ``tab``, once ``ready`` (a selector in that tab) shows."""
-    page.goto(url)   # Home first: see test_runs_browser (the first widget change after a deep link is lost)
-    wait_rendered(page, "[data-testid='stMain'] h1")
-    page.goto(f"{url}/diffusion")
+    page.goto(f"{url}/diffusion")   # a deep link as the first request keeps its first widget change
     wait_rendered(page, "[data-testid='stTab']")
     page.get_by_role("tab", name=tab).click()
     wait_rendered(page, ready)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, HOME_READY, chromium_page, serve_app, tall_screenshot, wait_rendered
+from tests.browser import CHROMIUM, chromium_page, serve_app, tall_screenshot, wait_rendered
 from tests.test_runs import fill_runs
 
 pytestmark = [pytest.mark.browser,
@@ -23,10 +23,8 @@ def test_three_run_comparison_in_chromium(small_phantom, isolated_workspace, tmp
     env = {"MEDAUG_DATASET": str(small_phantom.root), "MEDAUG_HOME": str(isolated_workspace),
            "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     with serve_app(env) as (url, _), chromium_page(1440, 1000) as page:
-        # Home first: on a fresh server whose first request is a deep link, the first widget change
-        # of that session is lost (pages/ui.py's v1-routing workaround; reported to the lead)
-        page.goto(url)
-        wait_rendered(page, HOME_READY)
+        # a deep link as the fresh server's first request: its query (the runs) and the first widget
+        # change below must both hold (pages.ui._leave_v1_routing reruns the page under st.navigation)
         page.goto(f"{url}/runs?runs={','.join(gans)}")
         wait_rendered(page, ".js-plotly-plot")
         assert page.locator("[data-testid='stException']").count() == 0
