@@ -9,6 +9,7 @@ first cell to end an epoch takes the file and SIGKILLs its own worker process.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,23 +73,33 @@ def worker_setup() -> None:
     ctrain.train_classifier = train_classifier
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A local Ray on loopback with 2 CPUs, for this module; workers run :func:`worker_setup`."""
+@contextlib.contextmanager
+def local_ray(num_cpus: int, setup_hook: str, env: dict[str, str]):
+    """A local Ray on loopback with ``num_cpus`` CPUs whose workers run ``setup_hook`` ("module.function")
+    at their start, with ``env`` and this repository and tests/ on their path (one torch thread each)."""
     ray = need_ray()
-    kill_dir = tmp_path_factory.mktemp("ray-kill")
     tests = str(Path(__file__).resolve().parent)
     path = os.pathsep.join([str(ROOT), tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTHONPATH", path)   # the executor hands this process's PYTHONPATH to its tasks
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
-             runtime_env={"worker_process_setup_hook": "test_study_ray.worker_setup",
-                          "env_vars": {KILL_DIR_ENV: str(kill_dir), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-    print(f"ray: local cluster up in {time.perf_counter() - t0:.1f} s")
-    yield kill_dir
-    ray.shutdown()
-    mp.undo()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
+             runtime_env={"worker_process_setup_hook": setup_hook,
+                          "env_vars": {**env, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    print(f"ray: local {num_cpus}-CPU cluster up in {time.perf_counter() - t0:.1f} s")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray on loopback with 2 CPUs, for this module; workers run :func:`worker_setup`."""
+    kill_dir = tmp_path_factory.mktemp("ray-kill")
+    with local_ray(2, "test_study_ray.worker_setup", {KILL_DIR_ENV: str(kill_dir)}):
+        yield kill_dir
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,9 @@ import pytest
 
 from core.study.grid import Cell, StudyConfig, cells
 from test_study import TINY
-from test_study_ray import assert_same_table, children_by_cell, need_ray, quiet
+from test_study_ray import assert_same_table, children_by_cell, local_ray, quiet
 from test_tracking_server import free_port, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
 HOLD_DIR_ENV = "MEDAUG_TEST_RAY_HOLD_DIR"
 CELL_KEYS = sorted(c.key for c in cells(StudyConfig(**TINY)))
 
@@ -56,20 +55,9 @@ def worker_setup() -> None:
 def ray_hold(tmp_path_factory):
     """A local Ray on loopback with 3 CPUs (the generator and two cells, then the third cell, so all
     three cells can be held at once); workers run :func:`worker_setup`. Yields the hold folder."""
-    ray = need_ray()
-    t0 = time.perf_counter()
     hold = tmp_path_factory.mktemp("ray-hold")
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join([str(ROOT), tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PYTHONPATH", path)   # the executor hands this process's PYTHONPATH to its tasks
-    ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
-             runtime_env={"worker_process_setup_hook": "test_study_ray_tracking.worker_setup",
-                          "env_vars": {HOLD_DIR_ENV: str(hold), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-    print(f"ray: local 3-CPU cluster up in {time.perf_counter() - t0:.1f} s")
-    yield hold
-    ray.shutdown()
-    mp.undo()
+    with local_ray(3, "test_study_ray_tracking.worker_setup", {HOLD_DIR_ENV: str(hold)}):
+        yield hold
 
 
 class Server:

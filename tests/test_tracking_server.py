@@ -30,8 +30,10 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
     cmd = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
            "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
+    # MLflow 3's job runner (GenAI jobs: 7 huey consumers, ~240 MB each) is not used by MedAug Studio
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(folder / f"server-{port}.log", "ab"),
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     deadline = time.monotonic() + 90
     import urllib.request
     while time.monotonic() < deadline:
