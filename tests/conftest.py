@@ -28,9 +28,9 @@ SLOW: dict[str, str] = {
     "test_study_ray.py::test_killed_worker_is_retried_into_one_child_and_a_local_study_resumes_on_ray":
         "14 s: a tiny study in-process, then on Ray with a worker SIGKILLed",
     "test_study_ray.py::test_a_cell_that_raises_fails_with_its_reason_once_and_the_others_finish": "3 s: on Ray",
-    "test_study_ray_tracking.py": "140 s: a real `mlflow server` killed mid-cell under two tiny studies on a local "
-                                  "3-CPU Ray (47 s, 51 s; module fixtures 40 s: Ray 5 s, the server 14 s, the "
-                                  "in-process reference 16 s; each restart of the server 14 s)",
+    "test_study_ray_tracking.py": "165 s in make test: a real `mlflow server` killed mid-cell under two tiny "
+                                  "studies on a local 3-CPU Ray (61 s, 66 s; module fixtures 39 s: Ray, the "
+                                  "server, the in-process reference study)",
     "test_setmetrics_coverage.py": "42 s: Monte-Carlo coverage of the set-metric intervals (module fixture)",
     "test_classify.py::test_small_cnn_learns_the_phantom_classes_well_above_chance": "35 s: 10-epoch training",
     "test_classify.py::test_label_shuffled_control_stays_at_chance": "shares the 10-epoch training above",
