@@ -71,8 +71,13 @@ def max_concurrent() -> int:
         if value < 1:
             raise ValueError(f"{ENV_MAX_JOBS}={value}: at least 1 job must be allowed to run.")
         return value
-    gpus = Path("/proc/driver/nvidia/gpus")  # no torch import just to count GPUs
-    return max(1, len(list(gpus.iterdir()))) if gpus.is_dir() else 1
+    return max(1, gpu_count())
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine, read from the driver (no torch import just to count them)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 @dataclass

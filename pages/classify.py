@@ -4,7 +4,6 @@ the results table, CI bars, the per-class Δ sensitivity heatmap, epoch curves, 
 import json
 import os
 import re
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -115,17 +114,12 @@ def address_problem(address: str) -> str | None:
     return None
 
 
-def local_gpus() -> int:
-    gpus = Path("/proc/driver/nvidia/gpus")   # no torch import just to count GPUs (as core.jobs does)
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
-
-
 def at_once_text(executor: str, address: str | None) -> str:
     """How many cells run at once, for the form's caption."""
     if executor != "ray":
         return "On this machine: **1 cell at a time**, in the job's own process."
     if not address:
-        gpus, cpus = local_gpus(), os.cpu_count() or 1
+        gpus, cpus = jobs.gpu_count(), os.cpu_count() or 1
         return (f"On a local Ray started on this machine: **{gpus or cpus} cells at once** "
                 f"(one per {'GPU' if gpus else 'CPU core'}), each generator a task of its own.")
     return ("On the Ray cluster: **as many cells at once as it has GPUs** (or CPUs, without GPUs), each generator a "
